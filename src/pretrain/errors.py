@@ -1,0 +1,36 @@
+"""The one error type for bad user input (recipes, hyperparameters, files)."""
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class ConfigError(ValueError):
+    """Bad input, reported before any compute: names the field and what is allowed."""
+
+    def __init__(self, field: str, message: str, allowed: Iterable | None = None, got=None):
+        self.field = field
+        allowed = list(allowed) if allowed is not None else None
+        text = f"{field}: {message}"
+        if allowed is not None:
+            text += f"; allowed: {', '.join(map(str, allowed))}"
+            if got is not None:
+                close = difflib.get_close_matches(str(got), [str(a) for a in allowed], n=1, cutoff=0.5)
+                if close:
+                    text += f". Did you mean '{close[0]}'?"
+        super().__init__(text)
+
+
+def check_range(field: str, value, lo=None, hi=None, lo_open=False, hi_open=False):
+    """Raise ConfigError unless lo <= value <= hi (open bounds exclude the end)."""
+    ok = True
+    if lo is not None:
+        ok &= value > lo if lo_open else value >= lo
+    if hi is not None:
+        ok &= value < hi if hi_open else value <= hi
+    if not ok:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        lo_s = "-inf" if lo is None else lo
+        hi_s = "inf" if hi is None else hi
+        raise ConfigError(field, f"{value!r} is out of range; allowed: {left}{lo_s}, {hi_s}{right}")

@@ -1,0 +1,19 @@
+"""Optimizers: `OPTIMIZERS` (name -> OptimizerSpec) and `build_optimizer(name, model_or_params, **hparams)`.
+
+Importing this package registers every optimizer: torch's and the official packages' in `torch_optimizers`,
+Muon+AdamW in `muon`, and one module per optimizer written here (each calls `register(OptimizerSpec(...))`).
+"""
+from .registry import (OPTIMIZERS, OptimizerSpec, build_optimizer, get_spec, has_train_eval, hessian_interval,
+                       register, requires_closure, unwrap, validate_hparams)
+from .param_groups import KINDS, build_param_groups, classify
+import importlib as _importlib
+import pkgutil as _pkgutil
+
+# registration: every module of this package registers its optimizers on import
+for _m in sorted(m.name for m in _pkgutil.iter_modules(__path__)):
+    if _m not in ("registry", "param_groups"):
+        _importlib.import_module(f"{__name__}.{_m}")
+
+__all__ = ["OPTIMIZERS", "OptimizerSpec", "build_optimizer", "get_spec", "register", "validate_hparams",
+           "requires_closure", "hessian_interval", "has_train_eval", "unwrap", "KINDS", "build_param_groups",
+           "classify"]

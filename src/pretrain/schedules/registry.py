@@ -1,0 +1,83 @@
+"""The schedule registry: one place that maps a recipe's `schedule.name` to a learning-rate schedule.
+
+A schedule is a callable `step -> learning rate` (step = number of optimizer steps already taken, from 0;
+the value is the lr used by update number step+1). The loop never writes the schedule's value into a
+parameter group directly: it sets `group["lr"] = group["initial_lr"] * schedule.factor(step)`, so each
+group's own base lr (muP, Muon's two lrs) keeps its ratio to the others.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..errors import ConfigError, check_range
+
+
+class Schedule:
+    """Base class: subclasses implement `lr(step)`; stateless unless they override state_dict."""
+
+    name = "schedule"
+
+    def __init__(self, peak_lr: float, total_steps: int):
+        self.peak_lr = float(peak_lr)
+        self.total_steps = int(total_steps)
+
+    def lr(self, step: int) -> float:
+        raise NotImplementedError
+
+    def __call__(self, step: int) -> float:
+        return float(self.lr(int(step)))
+
+    def factor(self, step: int) -> float:
+        """The multiplier on each parameter group's base lr."""
+        return self(step) / self.peak_lr if self.peak_lr > 0 else 0.0
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    name: str
+    factory: Callable[..., Schedule]  # factory(peak_lr=..., total_steps=..., **kw)
+    defaults: dict[str, Any]  # every accepted keyword with its default (the paper's)
+    paper: str
+    notes: str = ""
+
+
+SCHEDULES: dict[str, ScheduleSpec] = {}
+
+
+def register(spec: ScheduleSpec) -> ScheduleSpec:
+    if spec.name in SCHEDULES:
+        raise KeyError(f"schedule {spec.name!r} registered twice")
+    SCHEDULES[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> ScheduleSpec:
+    if name not in SCHEDULES:
+        raise ConfigError("schedule.name", f"unknown schedule {name!r}", sorted(SCHEDULES), got=name)
+    return SCHEDULES[name]
+
+
+def validate_kwargs(name: str, kw: dict[str, Any]) -> dict[str, Any]:
+    spec = get_spec(name)
+    for key in kw:
+        if key not in spec.defaults:
+            raise ConfigError(f"schedule.{key}", f"not a keyword of schedule {name!r}", sorted(spec.defaults), got=key)
+    return {**spec.defaults, **kw}
+
+
+def build_schedule(name: str, *, peak_lr: float, total_steps: int, **kw) -> Schedule:
+    """Build the registered schedule `name`; unknown keywords and bad values raise ConfigError."""
+    spec = get_spec(name)
+    check_range("schedule.peak_lr", float(peak_lr), lo=0.0)
+    if int(total_steps) != total_steps or total_steps < 1:
+        raise ConfigError("train.steps", f"total_steps must be a positive integer, got {total_steps!r}")
+    merged = validate_kwargs(name, kw)
+    return spec.factory(peak_lr=peak_lr, total_steps=int(total_steps), **merged)
