@@ -1,0 +1,301 @@
+"""Recipes: Hydra composition from `recipes/`, a typed schema, and validation before anything is built.
+
+`load_config(overrides)` composes `recipes/train.yaml` with Hydra overrides (`recipe=1b_wsd optim=lion
+optim.lr=3e-4 ...`), checks every field against the schema below (unknown keys with a did-you-mean, types,
+ranges, registry names, optimizer and schedule keywords, divisibility of the batch) and returns a
+`RunConfig` of plain dataclasses. Every error is a `ConfigError` naming the field and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .errors import ConfigError, check_range
+
+RECIPES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "recipes")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    d_model: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: Optional[int] = None
+    d_ff: Optional[int] = None
+    tie_embeddings: bool = True
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+
+
+@dataclass
+class DataConfig:
+    source: str = "stdlib"  # stdlib | text_files | hub
+    paths: list = field(default_factory=list)
+    hub_name: Optional[str] = None
+    hub_config: Optional[str] = None
+    split: str = "train"
+    text_field: str = "text"
+    tokenizer: str = "bpe"  # "bpe" (trained locally, cached) or a hub tokenizer name
+    vocab_size: int = 4096
+    val_fraction: float = 0.05
+    val_docs: int = 1000  # hub: the first N streamed documents are held out
+    split_seed: int = 1234
+    shuffle_buffer: int = 10000
+    max_bytes: Optional[int] = None
+    cache_dir: str = "~/.cache/pretrain"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300
+    global_batch_size: int = 16  # sequences per optimizer step, = micro_batch_size x accumulation x world_size
+    micro_batch_size: int = 8
+    seq_len: int = 128
+    eval_every: int = 50
+    eval_batches: int = 8
+    save_every: int = 0  # 0: only at the end
+    keep_checkpoints: int = 2  # newest N kept; 0 keeps all
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    compile: bool = False
+    init_from: Optional[str] = None  # a checkpoint directory to branch from (e.g. a WSD cooldown)
+    progress: bool = True
+
+
+@dataclass
+class ClipConfig:
+    policy: str = "norm"  # none | norm
+    max_norm: float = 1.0
+
+
+@dataclass
+class ScalingConfig:
+    batch_lr_rule: str = "none"  # none | linear (Goyal et al. 2017) | sqrt (Malladi et al. 2022)
+    base_batch_size: Optional[int] = None  # the global batch the recipe's lr was tuned at
+
+
+@dataclass
+class LogConfig:
+    wandb: bool = False
+    project: str = "pretrain"
+    run_name: Optional[str] = None
+    tags: list = field(default_factory=list)
+    log_every: int = 10
+
+
+@dataclass
+class RunConfig:
+    recipe: str = "tiny"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: dict = field(default_factory=lambda: {"name": "adamw"})  # name + the optimizer's hyperparameters
+    schedule: dict = field(default_factory=lambda: {"name": "cosine"})  # name + the schedule's keywords
+    train: TrainConfig = field(default_factory=TrainConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    run_dir: str = "runs/tiny"
+    seed: int = 0
+    resume: str = "none"  # none | auto | <checkpoint dir>
+    notes: str = ""  # free text kept with the run (sizing, hardware)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "data.source": ["stdlib", "text_files", "hub"],
+    "train.precision": ["auto", "fp32", "bf16"],
+    "clip.policy": ["none", "norm"],
+    "scaling.batch_lr_rule": ["none", "linear", "sqrt"],
+}
+
+
+def _type_ok(value, tp) -> bool:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp in (list, dict, str):
+        return isinstance(value, tp)
+    return True
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) is typing.Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _build(cls, data: dict, prefix: str):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{prefix}{key}", "unknown key", names, got=key)
+    kwargs = {}
+    for name in names:
+        if name not in data:
+            continue
+        value, tp = data[name], hints[name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{name}", f"must be a mapping, got {value!r}")
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
+            continue
+        if not _type_ok(value, tp):
+            raise ConfigError(f"{prefix}{name}", f"must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+        if tp is float and isinstance(value, int):
+            value = float(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _choice(field_name: str, value):
+    allowed = CHOICES[field_name]
+    if value not in allowed:
+        raise ConfigError(field_name, f"unknown value {value!r}", allowed, got=value)
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Range, choice, registry and consistency checks; raises ConfigError on the first problem."""
+    from .optim import get_spec as optim_spec, validate_hparams
+    from .schedules import get_spec as sched_spec, validate_kwargs
+
+    for name in CHOICES:
+        section, key = name.split(".")
+        _choice(name, getattr(getattr(cfg, section), key))
+    m, t, d = cfg.model, cfg.train, cfg.data
+    for f, v in [("model.d_model", m.d_model), ("model.n_layer", m.n_layer), ("model.n_head", m.n_head),
+                 ("train.steps", t.steps), ("train.global_batch_size", t.global_batch_size),
+                 ("train.micro_batch_size", t.micro_batch_size), ("train.seq_len", t.seq_len),
+                 ("train.eval_batches", t.eval_batches), ("data.vocab_size", d.vocab_size),
+                 ("log.log_every", cfg.log.log_every)]:
+        check_range(f, v, lo=1)
+    for f, v in [("train.eval_every", t.eval_every), ("train.save_every", t.save_every),
+                 ("train.keep_checkpoints", t.keep_checkpoints), ("seed", cfg.seed)]:
+        check_range(f, v, lo=0)
+    if m.d_model % m.n_head:
+        raise ConfigError("model.n_head", f"must divide model.d_model ({m.d_model}), got {m.n_head}")
+    if (m.d_model // m.n_head) % 2:
+        raise ConfigError("model.n_head", f"head dim d_model/n_head = {m.d_model // m.n_head} must be even (RoPE)")
+    if m.n_kv_head is not None and (m.n_kv_head < 1 or m.n_head % m.n_kv_head):
+        raise ConfigError("model.n_kv_head", f"must be a positive divisor of model.n_head ({m.n_head}), got {m.n_kv_head}")
+    check_range("model.init_std", m.init_std, lo=0.0, lo_open=True)
+    check_range("data.val_fraction", d.val_fraction, lo=0.0, hi=1.0, hi_open=True)
+    check_range("clip.max_norm", cfg.clip.max_norm, lo=0.0, lo_open=True)
+    if d.source == "text_files" and not d.paths:
+        raise ConfigError("data.paths", "data.source=text_files needs data.paths (files, folders or globs)")
+    if d.source == "text_files":
+        for p in d.paths:
+            import glob
+            if not glob.glob(os.path.expanduser(str(p))):
+                raise ConfigError("data.paths", f"no file or folder matches {p!r}")
+    if d.source == "hub" and not d.hub_name:
+        raise ConfigError("data.hub_name", "data.source=hub needs data.hub_name (e.g. HuggingFaceFW/fineweb-edu)")
+    if t.global_batch_size % t.micro_batch_size:
+        raise ConfigError("train.global_batch_size", f"{t.global_batch_size} is not divisible by "
+                          f"train.micro_batch_size ({t.micro_batch_size})")
+    if cfg.scaling.batch_lr_rule != "none" and not cfg.scaling.base_batch_size:
+        raise ConfigError("scaling.base_batch_size", "a batch-size lr rule needs the batch size the lr was tuned at")
+    if t.init_from is not None and not os.path.isdir(os.path.expanduser(t.init_from)):
+        raise ConfigError("train.init_from", f"checkpoint directory {t.init_from!r} does not exist")
+    if cfg.resume not in ("none", "auto") and not os.path.isdir(os.path.expanduser(cfg.resume)):
+        raise ConfigError("resume", f"{cfg.resume!r} is neither 'none', 'auto' nor an existing checkpoint directory")
+
+    for section, spec_fn, check in (("optim", optim_spec, validate_hparams), ("schedule", sched_spec, validate_kwargs)):
+        block = dict(getattr(cfg, section))
+        if "name" not in block:
+            raise ConfigError(f"{section}.name", "missing")
+        name = block.pop("name")
+        spec_fn(name)
+        check(name, block)
+    from .schedules import build_schedule
+    build_schedule(cfg.schedule["name"], peak_lr=float(cfg.optim.get("lr", 1.0) or 1.0), total_steps=t.steps,
+                   **schedule_kwargs(cfg))  # range checks that need the run length (warmup, decay, MPL file)
+    return cfg
+
+
+def schedule_kwargs(cfg: RunConfig) -> dict:
+    """The schedule's keywords, with the ones a recipe leaves null filled from the run (tokens per step, batch)."""
+    from .schedules import SCHEDULES
+
+    name = cfg.schedule["name"]
+    kw = {k: v for k, v in cfg.schedule.items() if k != "name"}
+    defaults = SCHEDULES[name].defaults
+    fill = {"tokens_per_step": cfg.train.global_batch_size * cfg.train.seq_len,
+            "batch_size": cfg.train.global_batch_size}
+    for key, value in fill.items():
+        if key in defaults and kw.get(key, defaults[key]) is None:
+            kw[key] = value
+    return kw
+
+
+def world_size_check(cfg: RunConfig, world: int) -> int:
+    """The gradient-accumulation steps: global = micro x accumulation x world, checked."""
+    t = cfg.train
+    if t.global_batch_size % (t.micro_batch_size * world):
+        raise ConfigError("train.global_batch_size", f"{t.global_batch_size} must be a multiple of "
+                          f"train.micro_batch_size x world size = {t.micro_batch_size} x {world}")
+    return t.global_batch_size // (t.micro_batch_size * world)
+
+
+_OVERRIDE_KEY = re.compile(r"Could not override '([^']+)'")
+
+
+def compose(overrides: list[str]) -> dict:
+    """Hydra composition of recipes/train.yaml with command-line overrides, as a plain dict."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+    from omegaconf import OmegaConf
+
+    try:
+        with initialize_config_dir(config_dir=RECIPES_DIR, version_base=None):
+            cfg = hydra_compose("train", overrides=list(overrides))
+    except MissingConfigException as e:
+        group = next((g for g in ("recipe", "optim", "schedule", "model", "data") if f"'{g}/" in str(e)
+                      or f"{g}:" in str(e) or f"in {g}" in str(e)), None)
+        if group:
+            allowed = sorted(f[:-5] for f in os.listdir(os.path.join(RECIPES_DIR, group)) if f.endswith(".yaml"))
+            bad = next((o.split("=", 1)[1] for o in overrides if o.startswith(group + "=")), None)
+            raise ConfigError(group, f"no recipe file {group}/{bad}.yaml", allowed, got=bad) from None
+        raise ConfigError("overrides", str(e)) from None
+    except ConfigCompositionException as e:
+        text = str(e) + " " + str(e.__cause__ or "")
+        match = _OVERRIDE_KEY.search(text)
+        if match:
+            key = match.group(1)
+            parent, _, leaf = key.rpartition(".")
+            with initialize_config_dir(config_dir=RECIPES_DIR, version_base=None):
+                base = OmegaConf.to_container(hydra_compose("train", overrides=[o for o in overrides
+                                                                                 if not o.startswith(key)]))
+            node = base
+            for part in parent.split(".") if parent else []:
+                node = node.get(part, {}) if isinstance(node, dict) else {}
+            allowed = sorted(node) if isinstance(node, dict) else []
+            raise ConfigError(key, "unknown key", allowed, got=leaf) from None
+        raise ConfigError("overrides", text.strip()) from None
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def load_config(overrides: list[str] = ()) -> RunConfig:
+    raw = compose(list(overrides))
+    raw.pop("hydra", None)
+    return validate(_build(RunConfig, raw, ""))
+
+
+def from_dict(raw: dict) -> RunConfig:
+    return validate(_build(RunConfig, raw, ""))
+

@@ -1,0 +1,204 @@
+"""LAMB (You et al. 2020, "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes",
+arXiv 1904.00962), Algorithm 2, with a trust ratio per parameter tensor.
+
+Per parameter tensor p with gradient g, Adam moments m (`exp_avg`), v (`exp_avg_sq`) and t = `step` after
+its increment (1 on the first call):
+
+    m <- b1 * m + (1 - b1) * g
+    v <- b2 * v + (1 - b2) * g * g
+    m_hat = m / (1 - b1**t),  v_hat = v / (1 - b2**t)        bias correction (bias_correction=True)
+    r = m_hat / (sqrt(v_hat) + eps) + wd * p                  Adam direction + decoupled weight decay
+    trust = phi(||p||) / ||r||,  1 if either norm is 0        phi(z) = min(z, clamp_value), identity if None
+    p <- p - lr * trust * r
+
+Choices (implementations differ, see REFERENCES.md):
+- Bias correction ON by default: Algorithm 2 of the published paper divides m and v by (1 - beta**t), and
+  NVIDIA apex's FusedLAMB defaults to bias_correction=True; cybertronai/pytorch-lamb follows arXiv v3, which
+  had no debiasing. `bias_correction=False` gives that variant.
+- No clamp of ||p|| by default (the paper's phi is the identity in its experiments); `clamp_value=10` gives the
+  pytorch-lamb behaviour.
+- Weight decay is decoupled from the moments (AdamW-style: wd * p is added to the Adam direction, never to the
+  gradient) and, as in the paper, it is part of r, so it is scaled by the trust ratio. This is LAMB's own form
+  of decoupled decay, not a separate p *= 1 - lr*wd.
+- The trust ratio is computed per parameter tensor (the paper's "layer").
+
+Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-6 (the paper's BERT setting), weight_decay=0.01.
+State per parameter: `step` (0-dim fp32 CPU tensor), `exp_avg`, `exp_avg_sq` (fp32; fp64 for fp64
+parameters). `foreach=True` (default) runs the multi-tensor path, `foreach=False` the per-tensor reference path.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError, check_range
+from .registry import OptimizerSpec, register
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _state_dtype(p: torch.Tensor) -> torch.dtype:
+    """Optimizer state is fp32 (fp64 for fp64 parameters)."""
+    return torch.promote_types(p.dtype, torch.float32)
+
+
+def _number(field: str, value, lo=None, hi=None, lo_open=False, hi_open=False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(field, f"must be a number, got {value!r}")
+    check_range(field, float(value), lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
+    return float(value)
+
+
+def _check_group(group: dict) -> None:
+    _number("optim.lr", group["lr"], lo=0.0)
+    _number("optim.eps", group["eps"], lo=0.0, lo_open=True)
+    _number("optim.weight_decay", group["weight_decay"], lo=0.0)
+    betas = group["betas"]
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+        raise ConfigError("optim.betas", f"must be a pair [beta1, beta2], got {betas!r}")
+    for i, b in enumerate(betas):
+        _number(f"optim.betas[{i}]", b, lo=0.0, hi=1.0, hi_open=True)
+    if group["clamp_value"] is not None:
+        _number("optim.clamp_value", group["clamp_value"], lo=0.0, lo_open=True)
+    if not isinstance(group["bias_correction"], bool):
+        raise ConfigError("optim.bias_correction", f"must be true or false, got {group['bias_correction']!r}")
+
+
+class LAMB(torch.optim.Optimizer):
+    """LAMB: Adam direction plus decoupled weight decay, rescaled per tensor by the trust ratio ||p|| / ||r||."""
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.01,
+                 clamp_value: float | None = None, bias_correction: bool = True, *, foreach: bool = True):
+        defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
+                        weight_decay=weight_decay, clamp_value=clamp_value, bias_correction=bias_correction)
+        _check_group(defaults)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            _check_group(group)
+        self.foreach = bool(foreach)
+
+    def _init_state(self, p: torch.Tensor) -> dict:
+        state = self.state[p]
+        if len(state) == 0:
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, dtype=_state_dtype(p), memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=_state_dtype(p), memory_format=torch.preserve_format)
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        _keep_fp32_state(self, state_dict)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
+                if p.grad.is_sparse:
+                    raise RuntimeError("LAMB does not support sparse gradients")
+                self._init_state(p)["step"] += 1
+            if self.foreach:
+                self._step_foreach(group, params)
+            else:
+                self._step_reference(group, params)
+        return loss
+
+    @staticmethod
+    def _bias_corrections(group: dict, t: int) -> tuple[float, float]:
+        if not group["bias_correction"]:
+            return 1.0, 1.0
+        beta1, beta2 = group["betas"]
+        return 1 - beta1 ** t, 1 - beta2 ** t
+
+    def _step_reference(self, group: dict, params: list) -> None:
+        lr, eps, wd, clamp_value = group["lr"], group["eps"], group["weight_decay"], group["clamp_value"]
+        beta1, beta2 = group["betas"]
+        for p in params:
+            state = self.state[p]
+            m, v = state["exp_avg"], state["exp_avg_sq"]
+            g = p.grad.to(m.dtype)
+            w = p.float() if p.dtype in _LOW_PRECISION else p  # fp32 working copy of a low-precision parameter
+            m.mul_(beta1).add_(g, alpha=1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            bc1, bc2 = self._bias_corrections(group, int(state["step"].item()))
+            r = (m / bc1) / ((v / bc2).sqrt() + eps)
+            if wd != 0:
+                r.add_(w, alpha=wd)
+            w_norm, r_norm = w.norm(), r.norm()
+            if clamp_value is not None:
+                w_norm = w_norm.clamp(max=clamp_value)
+            trust = torch.where((w_norm > 0) & (r_norm > 0), w_norm / r_norm, torch.ones_like(w_norm))
+            w.add_(r.mul_(trust), alpha=-lr)
+            if w is not p:
+                p.copy_(w)
+
+    def _step_foreach(self, group: dict, params: list) -> None:
+        lr, eps, wd, clamp_value = group["lr"], group["eps"], group["weight_decay"], group["clamp_value"]
+        beta1, beta2 = group["betas"]
+        key = lambda p: (p.device, _state_dtype(p), int(self.state[p]["step"].item()))  # noqa: E731
+        for (_, _, t), ps in _buckets(params, key).items():
+            ms = [self.state[p]["exp_avg"] for p in ps]
+            vs = [self.state[p]["exp_avg_sq"] for p in ps]
+            gs = [p.grad.to(m.dtype) for p, m in zip(ps, ms)]
+            ws = [p.float() if p.dtype in _LOW_PRECISION else p for p in ps]
+            torch._foreach_mul_(ms, beta1)
+            torch._foreach_add_(ms, gs, alpha=1 - beta1)
+            torch._foreach_mul_(vs, beta2)
+            torch._foreach_addcmul_(vs, gs, gs, value=1 - beta2)
+            bc1, bc2 = self._bias_corrections(group, t)
+            denom = torch._foreach_div(vs, bc2)
+            torch._foreach_sqrt_(denom)
+            torch._foreach_add_(denom, eps)
+            rs = torch._foreach_div(ms, bc1)
+            torch._foreach_div_(rs, denom)
+            if wd != 0:
+                torch._foreach_add_(rs, ws, alpha=wd)
+            w_norms = torch.stack(torch._foreach_norm(ws))
+            r_norms = torch.stack(torch._foreach_norm(rs))
+            if clamp_value is not None:
+                w_norms = w_norms.clamp(max=clamp_value)
+            trust = torch.where((w_norms > 0) & (r_norms > 0), w_norms / r_norms, torch.ones_like(w_norms))
+            torch._foreach_mul_(rs, list(trust.unbind()))
+            torch._foreach_add_(ws, rs, alpha=-lr)
+            _write_back(ps, ws)
+
+
+def _buckets(params: list, key) -> dict:
+    """Split tensors into lists that one foreach call can take (same device, dtype and step)."""
+    out: dict = {}
+    for p in params:
+        out.setdefault(key(p), []).append(p)
+    return out
+
+
+def _write_back(params: list, work: list) -> None:
+    for p, w in zip(params, work):
+        if w is not p:
+            p.copy_(w)
+
+
+def _keep_fp32_state(opt: torch.optim.Optimizer, state_dict: dict) -> None:
+    """torch's load_state_dict casts floating state to the parameter dtype; keep fp32 state for bf16/fp16 ones."""
+    ids = {i: p for saved, group in zip(state_dict["param_groups"], opt.param_groups)
+           for i, p in zip(saved["params"], group["params"])}
+    for i, saved in state_dict["state"].items():
+        p = ids.get(i)
+        if p is None or p.dtype not in _LOW_PRECISION:
+            continue
+        for key, value in saved.items():
+            if key != "step" and torch.is_tensor(value) and value.is_floating_point():
+                opt.state[p][key] = value.to(device=p.device, dtype=_state_dtype(p), copy=True)
+
+
+register(OptimizerSpec(
+    "lamb", lambda groups, hp: LAMB(groups, **hp),
+    {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.01, "clamp_value": None,
+     "bias_correction": True},
+    "You et al. 2020 (arXiv 1904.00962)", "2 fp32 (exp_avg, exp_avg_sq)", source="here",
+    notes="trust ratio ||p||/||r|| per tensor (1 if either is 0); Adam bias correction on; no ||p|| clamp "
+          "unless clamp_value; weight decay added to r (decoupled from the moments, scaled by the trust ratio)"))

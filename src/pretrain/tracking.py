@@ -1,0 +1,69 @@
+"""Run tracking: `metrics.jsonl` always (one JSON object per logged step), W&B through accelerate's trackers.
+
+Contract keys of every training row: step, tokens, loss, lr, grad_norm (before clipping), tokens_per_s;
+evaluation rows add val_loss (and val_ppl). After a resume, rows for steps past the checkpoint are written
+again; `read_metrics` keeps the last row written for each (step, kind), so nothing written is ever deleted.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+# dense bf16 peak FLOP/s per device, for MFU (None where unknown, e.g. CPUs)
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "B200": 2250e12, "A100": 312e12, "A800": 312e12,
+              "L40S": 362e12, "A10G": 70e12, "L4": 121e12, "V100": 125e12}
+
+
+def peak_flops(device) -> float | None:
+    import torch
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+class MetricsWriter:
+    def __init__(self, run_dir: str, enabled: bool = True):
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.enabled = enabled
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(clean) + "\n")
+            f.flush()
+
+
+def read_metrics(path: str) -> list[dict]:
+    """Rows of a metrics.jsonl (a file or its run directory), last write winning per (step, kind), by step."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "metrics.jsonl")
+    rows: dict = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                r = json.loads(line)
+                rows[(r.get("step"), r.get("kind", "train"))] = r
+    return sorted(rows.values(), key=lambda r: (r.get("step", 0), r.get("kind", "train")))
+
+
+def init_wandb(accelerator, cfg, run_dir: str) -> None:
+    """W&B through accelerate: project, run name, group = recipe, tags (optimizer, schedule, model size)."""
+    id_file = os.path.join(run_dir, "wandb_id.txt")
+    if os.path.exists(id_file):
+        run_id = open(id_file).read().strip()
+    else:
+        import wandb
+        run_id = wandb.util.generate_id()
+        if accelerator.is_main_process:
+            with open(id_file, "w") as f:
+                f.write(run_id)
+    name = cfg.log.run_name or os.path.basename(os.path.abspath(run_dir))
+    tags = [f"optim:{cfg.optim['name']}", f"schedule:{cfg.schedule['name']}", f"model:{cfg.model.name}",
+            *cfg.log.tags]
+    accelerator.init_trackers(cfg.log.project, config=cfg.to_dict(), init_kwargs={"wandb": {
+        "name": name, "group": cfg.recipe, "tags": tags, "dir": run_dir, "id": run_id, "resume": "allow"}})

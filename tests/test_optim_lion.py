@@ -1,0 +1,132 @@
+"""Lion against an independent numpy reference of Chen et al. 2023's update rule."""
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from pretrain.errors import ConfigError
+from pretrain.optim import OPTIMIZERS, build_optimizer
+from pretrain.optim.lion import Lion
+
+SHAPES = [(3, 4), (5,), (2, 3, 2)]
+STEPS = 12
+
+
+def init_arrays():
+    rng = np.random.default_rng(0)
+    return [rng.normal(size=s) for s in SHAPES]
+
+
+def noise(t, i):
+    return np.random.default_rng(1000 + 17 * t + i).normal(size=SHAPES[i])
+
+
+def grad(t, i, p):
+    """A deterministic gradient that depends on the current parameter (quadratic + noise)."""
+    return 0.7 * p + noise(t, i)
+
+
+def numpy_lion(steps, lr, b1, b2, wd):
+    ps = init_arrays()
+    ms = [np.zeros_like(p) for p in ps]
+    for t in range(steps):
+        for i in range(len(ps)):
+            g = grad(t, i, ps[i])
+            ps[i] = ps[i] * (1 - lr * wd)
+            c = b1 * ms[i] + (1 - b1) * g
+            ps[i] = ps[i] - lr * np.sign(c)
+            ms[i] = b2 * ms[i] + (1 - b2) * g
+    return ps
+
+
+def torch_params():
+    return [torch.tensor(a) for a in init_arrays()]
+
+
+def run(opt, params, t0, t1):
+    for t in range(t0, t1):
+        for i, p in enumerate(params):
+            p.grad = torch.tensor(grad(t, i, p.detach().numpy()))
+        opt.step()
+
+
+HP = dict(lr=3e-2, betas=(0.9, 0.99), weight_decay=0.5)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_matches_numpy_reference(foreach):
+    params = torch_params()
+    run(Lion(params, **HP, foreach=foreach), params, 0, STEPS)
+    ref = numpy_lion(STEPS, HP["lr"], *HP["betas"], HP["weight_decay"])
+    for p, r in zip(params, ref):
+        np.testing.assert_allclose(p.numpy(), r, rtol=1e-6, atol=1e-12)
+
+
+def test_first_step_is_sign_of_gradient():
+    params = torch_params()
+    before = [p.clone() for p in params]
+    run(Lion(params, lr=0.1, betas=(0.9, 0.99), weight_decay=0.2), params, 0, 1)
+    for i, (p, b) in enumerate(zip(params, before)):
+        g = grad(0, i, b.numpy())
+        np.testing.assert_allclose(p.numpy(), b.numpy() * (1 - 0.02) - 0.1 * np.sign(g), rtol=1e-12)
+
+
+def test_foreach_and_reference_paths_agree():
+    pa, pb = torch_params(), torch_params()
+    run(Lion(pa, **HP, foreach=True), pa, 0, STEPS)
+    run(Lion(pb, **HP, foreach=False), pb, 0, STEPS)
+    for a, b in zip(pa, pb):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_state_dict_round_trip(foreach):
+    params = torch_params()
+    opt = Lion(params, **HP, foreach=foreach)
+    run(opt, params, 0, 5)
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    params2 = [p.clone() for p in params]
+    opt2 = Lion(params2, lr=1.0, foreach=foreach)  # hyperparameters come back from the state dict
+    opt2.load_state_dict(torch.load(buf))
+    run(opt, params, 5, 10)
+    run(opt2, params2, 5, 10)
+    for a, b in zip(params, params2):
+        assert torch.equal(a, b)
+    assert opt2.state[params2[0]]["step"].item() == 10
+
+
+@pytest.mark.parametrize("bad", [dict(lr=-1.0), dict(betas=(1.0, 0.99)), dict(betas=(0.9, -0.1)),
+                                 dict(weight_decay=-0.1), dict(betas=(0.9,)), dict(lr="fast")])
+def test_bad_hyperparameters(bad):
+    with pytest.raises(ConfigError):
+        Lion([torch.zeros(2, requires_grad=True)], **bad)
+
+
+def test_registry_build():
+    spec = OPTIMIZERS["lion"]
+    assert spec.defaults == {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0}
+    model = torch.nn.Linear(4, 3)
+    opt = build_optimizer("lion", model, lr=1e-3, weight_decay=0.1)
+    assert isinstance(opt, Lion)
+    before = model.weight.detach().clone()
+    model(torch.ones(2, 4)).sum().backward()
+    opt.step()
+    assert not torch.equal(before, model.weight)
+    with pytest.raises(ConfigError):
+        build_optimizer("lion", model, lr=-1.0)
+
+
+def test_bf16_parameter_keeps_fp32_state():
+    p = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    opt = Lion([p], lr=1e-2, weight_decay=0.1)
+    p.grad = torch.full((4,), 0.5, dtype=torch.bfloat16)
+    opt.step()
+    assert opt.state[p]["exp_avg"].dtype == torch.float32
+    q = torch.nn.Parameter(p.detach().clone())
+    opt2 = Lion([q])
+    opt2.load_state_dict(opt.state_dict())
+    assert opt2.state[q]["exp_avg"].dtype == torch.float32
+    torch.testing.assert_close(opt2.state[q]["exp_avg"], opt.state[p]["exp_avg"])
