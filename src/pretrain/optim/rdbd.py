@@ -30,8 +30,8 @@ plain base-optimizer step. ``lr`` is the group's scheduled learning rate (schedu
 
 Defaults (this project's choices): theta=0.7 (Jacobs 1988); kappa=0.05 (additive, small next to a=1: Jacobs'
 kappa was small and additive); phi=0.1 (the low end of the 0.1-0.5 range of multiplicative decreases used with
-delta-bar-delta); a in [0.01, 10] (delta-bar-delta programs commonly cap the rate at 10x); base="adam" with
-Adam's defaults. State per parameter: a, gbar, last_raise (3 x param) + the base's (0, 1 or 2 x param).
+delta-bar-delta); a in [0.01, 10] (a guard rail, this project's choice); base="adam" with Adam's defaults.
+State per parameter: a, gbar, last_raise (3 x param, in the parameter's dtype) + the base's (0, 1 or 2 x param).
 
 ``foreach=True`` (default) runs the multi-tensor path (torch._foreach_*); ``foreach=False`` the per-tensor
 reference path written like the rule above; both compute the same update.
