@@ -55,9 +55,10 @@ class PackedLoader:
 
 
 def val_batches(tokens: np.ndarray, *, seq_len: int, micro_batch: int, n_batches: int, rank: int, world: int):
-    """Fixed held-out batches (same every evaluation), split across ranks."""
+    """Fixed held-out sequences (the same every evaluation and for any number of processes: the first
+    n_batches x micro_batch blocks of the validation stream), split across ranks."""
     n_blocks = len(tokens) // seq_len
-    total = min(n_blocks, n_batches * micro_batch * world)
+    total = min(n_blocks, n_batches * micro_batch) // world * world
     per_rank = total // world
     blocks = np.asarray(tokens[: total * seq_len], dtype=np.int64).reshape(total, seq_len)
     mine = blocks[rank * per_rank:(rank + 1) * per_rank]

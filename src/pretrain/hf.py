@@ -1,0 +1,332 @@
+"""Hugging Face Trainer integration: `TrainingArguments` and `Trainer`, drop-in for the transformers classes,
+that also accept every registered name in `optim=` (`pretrain.optim.OPTIMIZERS`) and `lr_scheduler_type=`
+(`pretrain.schedules.SCHEDULES`).
+
+    from pretrain.hf import Trainer, TrainingArguments
+    args = TrainingArguments(output_dir="out", optim="sophia", optim_args="rho=0.05,betas=0.965|0.99",
+                             lr_scheduler_type="wsd", lr_scheduler_kwargs={"decay_fraction": 0.2},
+                             learning_rate=6e-4, weight_decay=0.2, max_steps=1000)
+    Trainer(model=model, args=args, train_dataset=ds).train()
+
+Names. A transformers name (`OptimizerNames`, `SchedulerType`) keeps its transformers meaning, so existing
+scripts run unchanged; a registry name is ours only where transformers would reject it ("adopt", "lion",
+"sophia", "wsd", "power", ...). Names in both ("sgd", "adagrad", "rmsprop", "adafactor", "adamw_8bit";
+"linear", "cosine", "constant", "inverse_sqrt") are transformers'; the prefix `pretrain:` always picks ours
+("pretrain:adamw", "pretrain:cosine"). An unknown name fails when the arguments are built, listing both sets.
+
+Optimizer hyperparameters (ours). `optim_args` is a dict or transformers' "k=v,k2=v2" string; values are
+Python literals (`1e-3`, `10`, `true`/`false`, `none`, `(0.9,0.95)`, `[0.9,0.95]`) or tuples written
+`0.9|0.95`; anything else stays a string. `learning_rate` and `weight_decay` map onto `lr` and `weight_decay`
+unless `optim_args` sets them; every other hyperparameter keeps the registry's (paper's) default, and
+`adam_beta1/2`, `adam_epsilon` are not used (write `betas=...` in `optim_args`). Parameter groups are ours
+(no weight decay on norms, biases, embeddings). Hyperparameters are validated when the arguments are built.
+
+Schedules (ours). `build_schedule(name, peak_lr=<optimizer lr>, total_steps=<max_steps>,
+warmup_steps=args.get_warmup_steps(max_steps), **lr_scheduler_kwargs)` (a `warmup_steps` in
+`lr_scheduler_kwargs` wins), applied as `LambdaLR(optimizer, lambda step: schedule.factor(step))`, so each
+parameter group keeps its own base lr.
+
+Optimizer capabilities, asked from the optimizer object (never by name), for ours and any other optimizer
+(also one passed in `Trainer(optimizers=...)`), through torch's optimizer step hooks, so they work whatever
+wraps the optimizer (accelerate, DDP, FSDP):
+  * `requires_closure`: a step pre-hook passes `step(closure)`; `closure(backward=False)` is the loss on this
+    optimizer step's batch (all its micro-batches, averaged over processes) at the current parameters,
+    without a graph; `closure(backward=True)` zeroes the gradients and recomputes loss and gradients.
+  * `hessian_interval(opt) = k > 0` (Sophia): after every k-th optimizer step, a step post-hook runs a forward
+    on the step's batch, backpropagates `gnb_sampled_loss(logits)` (averaged over micro-batches), calls
+    `opt.update_hessian()` and zeroes the gradients.
+  * a parameter group with `bs=None` (Sophia) gets bs = tokens per optimizer step = total train batch size
+    (per device x accumulation x data-parallel world) x the sequence length of the first batch, at step 1.
+  * `has_train_eval` (Schedule-Free): transformers already calls `optimizer.train()` in each training step
+    and `optimizer.eval()` for evaluation; here the optimizer is also put in eval mode for `save_model`
+    (checkpoints) and at the end of `train()`, so the model holds the weights one evaluates.
+The step's batch is recorded by `get_batch_samples` (called once per optimizer step by the training loop).
+
+Limitations: closure and Hessian optimizers are rejected with DeepSpeed (its engine steps the optimizer on
+its own flat partitions) and with fp16 (the gradient scaler does not support closures and would scale the
+recomputed gradients); use bf16 or fp32, DDP or FSDP. A closure re-runs the model in training mode: models
+with dropout give a line search a different mask per call (use dropout 0 for line-search optimizers).
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import functools
+from dataclasses import dataclass
+
+import torch
+import transformers
+from transformers.trainer_utils import SchedulerType
+from transformers.training_args import OptimizerNames
+
+from .errors import ConfigError
+from .optim import OPTIMIZERS, build_optimizer, get_spec, has_train_eval, hessian_interval, requires_closure
+from .optim import validate_hparams
+from .schedules import SCHEDULES, build_schedule, validate_kwargs
+from .schedules import get_spec as get_schedule_spec
+
+PREFIX = "pretrain:"
+
+__all__ = ["TrainingArguments", "Trainer", "parse_optim_args", "PREFIX"]
+
+
+def _is_transformers_name(enum_cls, value) -> bool:
+    try:
+        enum_cls(value)
+        return True
+    except ValueError:
+        return False
+
+
+def _registry_name(value, registry: dict, enum_cls, field: str, what: str) -> str | None:
+    """Our registry name for `value`, or None when transformers handles it; unknown names raise."""
+    if isinstance(value, str) and value.startswith(PREFIX):
+        name = value[len(PREFIX):]
+        if name not in registry:
+            raise ConfigError(field, f"unknown {what} {value!r}", [PREFIX + n for n in sorted(registry)], got=value)
+        return name
+    if _is_transformers_name(enum_cls, value):
+        return None
+    if value in registry:
+        return value
+    allowed = [e.value for e in enum_cls] + sorted(set(registry) - {e.value for e in enum_cls})
+    raise ConfigError(field, f"unknown {what} {value!r} (transformers' names, then pretrain's; prefix "
+                      f"'{PREFIX}' picks pretrain's where both have a name)", allowed, got=value)
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas outside parentheses / brackets."""
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _parse_value(raw: str):
+    if "|" in raw:
+        return tuple(_parse_value(r.strip()) for r in raw.split("|"))
+    low = raw.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
+def parse_optim_args(value) -> dict:
+    """`optim_args` as a dict: a dict as is, or "k=v,k2=v2" with literal values (see the module doc)."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    out = {}
+    for item in _split_top_level(str(value)):
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError("optim_args", f"expected 'key=value' items separated by commas, got {item!r}")
+        out[key.strip()] = _parse_value(raw.strip())
+    return out
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    """transformers.TrainingArguments whose `optim` / `lr_scheduler_type` also take pretrain's registry names."""
+
+    def __post_init__(self):
+        # transformers' __post_init__ turns both fields into enums: hand it placeholders for our names
+        optim, schedule = self.optim, self.lr_scheduler_type
+        ours_optim = _registry_name(optim, OPTIMIZERS, OptimizerNames, "optim", "optimizer")
+        ours_schedule = _registry_name(schedule, SCHEDULES, SchedulerType, "lr_scheduler_type", "schedule")
+        if ours_optim:
+            self.optim = OptimizerNames.ADAMW_TORCH
+        if ours_schedule:
+            self.lr_scheduler_type = SchedulerType.CONSTANT
+        super().__post_init__()
+        if ours_optim:
+            self.optim = optim
+            self.optimizer_hparams()  # validate now
+        elif isinstance(self.optim_args, dict):  # transformers' optimizers read a "k=v,..." string
+            self.optim_args = ",".join(f"{k}={v}" for k, v in self.optim_args.items())
+        if ours_schedule:
+            self.lr_scheduler_type = schedule
+            if self.max_steps > 0:
+                self.build_schedule(self.max_steps)  # validate names and values now
+            else:
+                validate_kwargs(ours_schedule, self.schedule_kwargs(1))
+
+    @property
+    def registry_optimizer(self) -> str | None:
+        """The pretrain registry name `optim` resolves to, or None for a transformers optimizer."""
+        return _registry_name(self.optim, OPTIMIZERS, OptimizerNames, "optim", "optimizer")
+
+    @property
+    def registry_schedule(self) -> str | None:
+        """The pretrain registry name `lr_scheduler_type` resolves to, or None for a transformers scheduler."""
+        return _registry_name(self.lr_scheduler_type, SCHEDULES, SchedulerType, "lr_scheduler_type", "schedule")
+
+    def optimizer_hparams(self) -> dict:
+        """Keyword arguments for `build_optimizer(self.registry_optimizer, model, **hparams)` (validated)."""
+        name = self.registry_optimizer
+        hp = parse_optim_args(self.optim_args)
+        defaults = get_spec(name).defaults
+        for key, value in (("lr", self.learning_rate), ("weight_decay", self.weight_decay)):
+            if key in defaults:
+                hp.setdefault(key, value)
+        validate_hparams(name, hp)
+        return hp
+
+    def schedule_kwargs(self, num_training_steps: int) -> dict:
+        kw = dict(self.lr_scheduler_kwargs or {})
+        if "warmup_steps" in get_schedule_spec(self.registry_schedule).defaults:
+            kw.setdefault("warmup_steps", self.get_warmup_steps(num_training_steps))
+        return kw
+
+    def build_schedule(self, num_training_steps: int):
+        """Our schedule over `num_training_steps`, peaking at the optimizer's lr."""
+        peak = self.optimizer_hparams().get("lr", self.learning_rate) if self.registry_optimizer else \
+            self.learning_rate
+        return build_schedule(self.registry_schedule, peak_lr=peak, total_steps=num_training_steps,
+                              **self.schedule_kwargs(num_training_steps))
+
+
+class Trainer(transformers.Trainer):
+    """transformers.Trainer that builds pretrain's optimizers and schedules and honours their capabilities
+    (closure, Hessian estimate, train/eval modes); see the module doc."""
+
+    _step_batches = None  # (micro-batches, num_items_in_batch) of the current optimizer step
+    _hooked = None  # the optimizer whose step hooks are installed
+
+    # -- construction ----------------------------------------------------------------------------------------
+    def create_optimizer(self, model=None):
+        name = getattr(self.args, "registry_optimizer", None)
+        if self.optimizer is None and name is not None:
+            self.optimizer = build_optimizer(name, self.model if model is None else model,
+                                             **self.args.optimizer_hparams())
+        opt = super().create_optimizer(model)
+        self._install_hooks(opt)
+        return opt
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None and getattr(self.args, "registry_schedule", None) is not None:
+            schedule = self.args.build_schedule(num_training_steps)
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer,
+                                                                  lambda step: schedule.factor(step))
+            self._created_lr_scheduler = True
+        return super().create_scheduler(num_training_steps, optimizer)
+
+    def _install_hooks(self, opt) -> None:
+        if opt is None or opt is self._hooked:
+            return
+        if (requires_closure(opt) or hessian_interval(opt)) and (self.is_deepspeed_enabled or self.args.fp16):
+            raise ConfigError("optim", f"{type(opt).__name__} needs a loss closure or a Hessian estimate, which "
+                              "DeepSpeed's engine and the fp16 gradient scaler do not support; use bf16/fp32 "
+                              "with DDP or FSDP")
+        opt.register_step_pre_hook(self._before_step)
+        opt.register_step_post_hook(self._after_step)
+        self._hooked = opt
+
+    # -- the training loop's hooks ---------------------------------------------------------------------------
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._step_batches = (batch_samples, num_items) if batch_samples else None
+        return batch_samples, num_items
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self._step_batches = None
+            if self.optimizer is not None and has_train_eval(self.optimizer):
+                self.optimizer.eval()
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        if self.optimizer is not None and has_train_eval(self.optimizer):
+            self.optimizer.eval()  # the next training_step switches back (transformers calls optimizer.train())
+        return super().save_model(output_dir, _internal_call)
+
+    def _before_step(self, opt, args, kwargs):
+        """Step pre-hook: fill Sophia's tokens per step; pass a closure to optimizers that require one."""
+        if self._step_batches is None:
+            return None
+        batches, _ = self._step_batches
+        missing = [g for g in opt.param_groups if "bs" in g and g["bs"] is None]
+        if missing:
+            tokens = self.get_total_train_batch_size(self.args) * batches[0]["input_ids"].shape[-1]
+            for g in missing:
+                g["bs"] = tokens
+        given = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if not requires_closure(opt) or given is not None:
+            return None
+        closure = functools.partial(self._closure, opt)
+        if len(args) > 1:
+            return (args[0], closure, *args[2:]), kwargs
+        return args, {**kwargs, "closure": closure}
+
+    def _after_step(self, opt, args, kwargs):
+        """Step post-hook: every k-th optimizer step, the GNB Hessian estimate on the step's batch."""
+        k = hessian_interval(opt)
+        if k and self._step_batches is not None and (self.state.global_step + 1) % k == 0:
+            self._hessian_estimate(opt)
+
+    # -- closure and Hessian estimate ------------------------------------------------------------------------
+    def _micro_batches(self, backward: bool):
+        """(inputs, context) per micro-batch of this step; gradients sync on the last one only."""
+        model, (batches, _) = self.model_wrapped, self._step_batches
+        for i, inputs in enumerate(batches):
+            last = i == len(batches) - 1
+            sync = contextlib.nullcontext() if (last or not backward) else self.accelerator.no_sync(model)
+            yield self._prepare_inputs(inputs), sync
+
+    def _closure(self, opt, backward: bool = False) -> torch.Tensor:
+        """The loss on this step's batch at the current parameters (as training_step scales it, summed over
+        micro-batches, averaged over processes); with backward=True also the gradients."""
+        model, num_items = self.model_wrapped, self._step_batches[1]
+        if backward:
+            opt.zero_grad(set_to_none=False)
+        total = torch.zeros((), device=self.args.device)
+        with torch.set_grad_enabled(backward):
+            for inputs, sync in self._micro_batches(backward):
+                with sync, self.compute_loss_context_manager():
+                    loss = self.compute_loss(model, inputs, num_items_in_batch=num_items)
+                    if self.args.n_gpu > 1:
+                        loss = loss.mean()
+                    if not self._loss_is_scaled_for_ga(num_items):
+                        loss = loss / self.current_gradient_accumulation_steps
+                    if backward:
+                        self.accelerator.backward(loss)
+                total += loss.detach().float()
+        return self.accelerator.reduce(total, "mean")
+
+    def _loss_is_scaled_for_ga(self, num_items) -> bool:
+        """The rule transformers' training_step applies before dividing by the accumulation steps."""
+        if self.loss_is_scaled_for_ga is not None:
+            return self.loss_is_scaled_for_ga
+        return bool((self.model_accepts_loss_kwargs and num_items is not None) or self.compute_loss_func is not None)
+
+    def _hessian_estimate(self, opt) -> None:
+        from .optim.sophia import gnb_sampled_loss
+        model, n = self.model_wrapped, len(self._step_batches[0])
+        opt.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            for inputs, sync in self._micro_batches(backward=True):
+                inputs = {k: v for k, v in inputs.items() if k != "labels"}
+                mask = inputs.get("attention_mask")
+                with sync, self.compute_loss_context_manager():
+                    out = model(**inputs)
+                    logits = out["logits"] if isinstance(out, dict) else out[0]
+                    loss = gnb_sampled_loss(logits, mask=None if mask is None else mask.bool())
+                    self.accelerator.backward(loss / n)
+        opt.update_hessian()
+        opt.zero_grad(set_to_none=True)

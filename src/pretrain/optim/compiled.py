@@ -1,0 +1,133 @@
+"""A compiled optimizer step: `compile_step(optimizer)` runs `optimizer.step()` through `torch.compile`.
+
+How it works (torch 2.13, CPU and GPU alike):
+
+- The optimizer's own `step` function (the one written in its class, found under torch's profiling and
+  no-grad wrappers) is compiled. Each optimizer class thus has its own dynamo cache (the wrappers are shared by
+  every optimizer class and would share one cache, and its recompile limit). Step pre/post hooks still run,
+  eagerly, around the compiled call; the call runs under `torch.no_grad()`.
+- The learning rate changes every step (schedules write `group["lr"] = initial_lr * factor`, a float). A float
+  that reaches an operator as a Python scalar (`alpha=-lr`, `1 - lr * wd`) is specialized by dynamo: a new graph
+  for every lr. So, for the duration of each compiled call only, `group["lr"]` is a 0-dim float64 tensor (one
+  per group, refilled in place every step) and dynamo runs with `capture_scalar_outputs=True`, so that a
+  tensor lr used as a scalar stays a graph input. Outside the call `group["lr"]` is the schedule's float again:
+  state_dict, logging and schedules see no difference. torch's own optimizers accept a tensor lr only with
+  `capturable=True`; for them `capturable` is also set for the duration of the call.
+- A call with a closure (line searches: `requires_closure`) runs the eager step.
+- Dynamo settings are patched around each call (`torch._dynamo.config.patch`), never set globally.
+
+`COMPILE_PAYS[name]` says, for each registered optimizer, whether the compiled step was faster than the eager
+one on CPU in `bench/optim_step.py` (a 124M-parameter GPT's parameter set, see bench/README.md), and so whether
+`train.compile_optimizer: auto` should compile it. Optimizers that cannot be compiled (graph breaks or a
+recompilation every step, see `NOT_COMPILABLE`) are False.
+
+This module registers no optimizer and imports nothing heavy at import time (torch._dynamo is imported lazily).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+# Measured on CPU with bench/optim_step.py (see bench/README.md for the run). True: the compiled step was
+# faster than the eager one (and compiled without graph breaks or per-step recompilation).
+COMPILE_PAYS: dict[str, bool] = {}
+
+# Optimizers whose step cannot be compiled as written, and why (the change their module needs is in
+# bench/README.md). compile_step still works on them (the result equals eager) but gains nothing.
+NOT_COMPILABLE: dict[str, str] = {}
+
+_DYNAMO_CONFIG = {
+    "capture_scalar_outputs": True,  # a tensor lr used as a Python scalar (alpha=-lr) stays in the graph
+    "recompile_limit": 64,  # one cache entry per optimizer instance of a class (tests, benchmarks)
+}
+
+
+def _raw_step(cls) -> Any:
+    """The `step` function written in the optimizer's class, under torch's profiling/no-grad wrappers."""
+    f = cls.step
+    while hasattr(f, "__wrapped__"):
+        f = f.__wrapped__
+    return f
+
+
+def _is_torch_optimizer(opt) -> bool:
+    return type(opt).__module__.startswith("torch.optim")
+
+
+class CompiledStep:
+    """Callable that replaces `optimizer.step`; `.eager` is the original step, `.compiled` the compiled one."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, **compile_kwargs):
+        self.optimizer = optimizer
+        self.eager = optimizer.step  # the bound, hooked step of the class
+        self.compiled = torch.compile(_raw_step(type(optimizer)), **compile_kwargs)
+        self._lr: list[torch.Tensor] = []
+        self._capturable = _is_torch_optimizer(optimizer)
+        # torch's hook wrapper around our compiled call: pre/post hooks and the profiler entry run eagerly
+        self._hooked = torch.optim.Optimizer.profile_hook_step(self._run)
+
+    def _run(self, optimizer, closure=None, **kwargs):
+        return self._call_compiled(**kwargs)
+
+    def __call__(self, closure=None, **kwargs):
+        if closure is not None:
+            return self.eager(closure, **kwargs)
+        return self._hooked(self.optimizer, **kwargs)
+
+    def _call_compiled(self, **kwargs):
+        import torch._dynamo
+
+        groups = self.optimizer.param_groups
+        while len(self._lr) < len(groups):
+            self._lr.append(torch.zeros((), dtype=torch.float64))
+        saved = []
+        try:
+            for g, t in zip(groups, self._lr):
+                lr = g.get("lr")
+                if lr is not None and not torch.is_tensor(lr):
+                    t.fill_(float(lr))
+                    g["lr"] = t
+                    saved.append((g, "lr", lr, t))
+                if self._capturable and g.get("capturable") is False:
+                    g["capturable"] = True
+                    saved.append((g, "capturable", False, True))
+            with torch._dynamo.config.patch(**_DYNAMO_CONFIG), torch.no_grad():
+                return self.compiled(self.optimizer, **kwargs)
+        finally:
+            for g, key, old, new in saved:
+                if g.get(key) is new:  # leave a value the optimizer itself wrote
+                    g[key] = old
+
+
+def compile_step(optimizer: torch.optim.Optimizer, **compile_kwargs) -> torch.optim.Optimizer:
+    """Make `optimizer.step` run through `torch.compile` (see the module docstring); returns the optimizer.
+
+    `compile_kwargs` go to `torch.compile` (e.g. `mode=`, `fullgraph=True`). The first two calls compile (the
+    first step initializes the optimizer state, the second sees it); later calls reuse the graph even though
+    the lr changes. Calling it again on a compiled optimizer does nothing. `uncompile_step(optimizer)` undoes it.
+    """
+    if isinstance(getattr(optimizer, "step", None), CompiledStep):
+        return optimizer
+    optimizer.step = CompiledStep(optimizer, **compile_kwargs)
+    return optimizer
+
+
+def uncompile_step(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Back to the eager step."""
+    if isinstance(optimizer.__dict__.get("step"), CompiledStep):
+        del optimizer.step
+    return optimizer
+
+
+def is_compiled(optimizer) -> bool:
+    return isinstance(getattr(optimizer, "step", None), CompiledStep)
+
+
+def compile_pays(name: str) -> bool:
+    """Whether `train.compile_optimizer: auto` should compile the registered optimizer `name` (CPU measure)."""
+    return bool(COMPILE_PAYS.get(name, False))
+
+
+__all__ = ["COMPILE_PAYS", "NOT_COMPILABLE", "CompiledStep", "compile_step", "uncompile_step", "is_compiled",
+           "compile_pays"]

@@ -1,0 +1,75 @@
+"""Shared helpers: a very small training configuration and launchers (in-process, subprocess, multi-process)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE = os.environ.get("PRETRAIN_TEST_CACHE", os.path.join(ROOT, ".cache", "test-data"))
+
+# a ~0.2M-parameter GPT on 1 MB of the stdlib corpus: a step takes a few milliseconds
+SMALL = [
+    "data.max_bytes=1000000", f"data.cache_dir={CACHE}", "data.vocab_size=512",
+    "model.d_model=64", "model.n_layer=2", "model.n_head=2",
+    "train.seq_len=64", "train.global_batch_size=8", "train.micro_batch_size=4",
+    "train.steps=20", "train.eval_every=10", "train.eval_batches=4", "train.progress=false",
+    "schedule.warmup_steps=2", "log.log_every=1",
+]
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e.update(WANDB_MODE="offline", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+             OMP_NUM_THREADS="1", PYTHONPATH=os.path.join(ROOT, "src") + os.pathsep + e.get("PYTHONPATH", ""))
+    return e
+
+
+def train_inprocess(overrides: list[str]):
+    """Run pretrain.loop.train in this process (fast); returns (summary, metrics rows)."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    from pretrain.config import load_config
+    from pretrain.loop import train
+    from pretrain.tracking import read_metrics
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+    cfg = load_config(SMALL + list(overrides))
+    summary = train(cfg, log=lambda *_: None)
+    return summary, read_metrics(cfg.run_dir)
+
+
+def run_cli(args: list[str], nproc: int = 1, launcher: str = "python", config_file: str | None = None,
+            timeout: int = 600, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run train.py as a new user would: `python train.py ...` or `accelerate launch ... train.py ...`."""
+    if launcher == "python":
+        cmd = [sys.executable, os.path.join(ROOT, "train.py")]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(29500 + (os.getpid() % 1000))]
+        if config_file:
+            cmd += ["--config_file", os.path.join(ROOT, config_file)]
+        else:
+            cmd += ["--multi_gpu"] if nproc > 1 else []
+        cmd += [os.path.join(ROOT, "train.py")]
+    e = env()
+    e.update(extra_env or {})
+    return subprocess.run(cmd + list(args), cwd=ROOT, env=e, capture_output=True, text=True, timeout=timeout)
+
+
+def rows(run_dir: str, kind: str = "train") -> list[dict]:
+    from pretrain.tracking import read_metrics
+    return [r for r in read_metrics(run_dir) if r.get("kind", "train") == kind]
+
+
+def dump(p: subprocess.CompletedProcess) -> str:
+    return f"rc={p.returncode}\n--- stdout\n{p.stdout[-4000:]}\n--- stderr\n{p.stderr[-6000:]}"
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
