@@ -52,7 +52,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import transformers
@@ -60,8 +60,8 @@ from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames
 
 from .errors import ConfigError
-from .optim import OPTIMIZERS, build_optimizer, get_spec, has_train_eval, hessian_interval, requires_closure
-from .optim import validate_hparams
+from .optim import (OPTIMIZERS, build_optimizer, get_spec, has_train_eval, hessian_interval, requires_closure,
+                    unwrap, validate_hparams)
 from .schedules import SCHEDULES, build_schedule, validate_kwargs
 from .schedules import get_spec as get_schedule_spec
 
@@ -143,6 +143,17 @@ def parse_optim_args(value) -> dict:
 @dataclass
 class TrainingArguments(transformers.TrainingArguments):
     """transformers.TrainingArguments whose `optim` / `lr_scheduler_type` also take pretrain's registry names."""
+
+    # redeclared as plain strings so that HfArgumentParser (--optim adopt) does not restrict them to the enums
+    optim: str = field(default=transformers.TrainingArguments.__dataclass_fields__["optim"].default, metadata={
+        "help": "A transformers OptimizerNames value or a pretrain.optim.OPTIMIZERS name ('pretrain:<name>' "
+                "picks ours where both have the name)."})
+    lr_scheduler_type: str = field(default="linear", metadata={
+        "help": "A transformers SchedulerType value or a pretrain.schedules.SCHEDULES name ('pretrain:<name>' "
+                "picks ours where both have the name)."})
+    optim_args: str | None = field(default=None, metadata={
+        "help": "Optimizer keywords as 'k=v,k2=v2' (or a dict in Python); for pretrain's optimizers values are "
+                "Python literals and 'a|b' is a tuple."})
 
     def __post_init__(self):
         # transformers' __post_init__ turns both fields into enums: hand it placeholders for our names
@@ -227,6 +238,7 @@ class Trainer(transformers.Trainer):
         return super().create_scheduler(num_training_steps, optimizer)
 
     def _install_hooks(self, opt) -> None:
+        opt = unwrap(opt)  # the torch optimizer itself (after a first train(), self.optimizer is accelerate's)
         if opt is None or opt is self._hooked:
             return
         if (requires_closure(opt) or hessian_interval(opt)) and (self.is_deepspeed_enabled or self.args.fp16):

@@ -57,8 +57,8 @@ def init_wandb(accelerator, cfg, run_dir: str) -> None:
     if os.path.exists(id_file):
         run_id = open(id_file).read().strip()
     else:
-        import wandb
-        run_id = wandb.util.generate_id()
+        import uuid
+        run_id = uuid.uuid4().hex[:8]
         if accelerator.is_main_process:
             with open(id_file, "w") as f:
                 f.write(run_id)

@@ -107,8 +107,9 @@ def cmd_fit(args) -> int:
         for tag, group in (("", runs), (" (held out)", heldout)):
             for r in group:
                 t = np.arange(max(r.warmup_steps, 1), r.lrs.size)
-                curves.append({"x": r.steps, "y": r.losses, "style": ".", "label": f"{r.name}{tag} observed",
-                               "kw": {"markersize": 2, "alpha": 0.5}})
+                seen = r.steps >= max(r.warmup_steps, 1)  # the law does not model the warmup itself
+                curves.append({"x": r.steps[seen], "y": r.losses[seen], "style": ".",
+                               "label": f"{r.name}{tag} observed", "kw": {"markersize": 3, "alpha": 0.6}})
                 curves.append({"x": t, "y": predict(params, r.lrs, r.warmup_steps, at_steps=t), "style": "-",
                                "label": f"{r.name}{tag} MPL"})
         _plot(args.plot, curves, "Multi-Power Law fit", args.key)
@@ -214,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--peak-lr", type=float, required=True)
     o.add_argument("--warmup", type=int, default=0)
     o.add_argument("--min-lr", type=float, default=1e-10)
-    o.add_argument("--iters", type=int, default=2000)
+    o.add_argument("--iters", type=int, default=5000, help="Adam iterations (the official code uses 10000)")
     o.add_argument("--lr", type=float, default=None, help="Adam lr on the decrements (default 0.5*peak/(steps-warmup))")
     o.add_argument("--out", help="write the schedule file (JSON) for schedule=mpl")
     o.add_argument("--plot", help="draw the schedule to this PNG")
