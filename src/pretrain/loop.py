@@ -206,6 +206,7 @@ def train(cfg: RunConfig, log=None) -> dict:
             b = micro(step, i)
             ctx = accelerator.no_sync(model) if i < accum - 1 else _null()
             with ctx:
+                # accelerator.backward divides by the accumulation steps: the estimate is of the mean loss
                 accelerator.backward(gnb_sampled_loss(fwd_model(input_ids=b).logits))
         inner.update_hessian()
         optimizer.zero_grad(set_to_none=True)

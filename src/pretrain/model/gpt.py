@@ -149,6 +149,7 @@ class GPT(PreTrainedModel):
     _no_split_modules = ["Block"]
     supports_gradient_checkpointing = False
     _supports_sdpa = True
+    accepts_loss_kwargs = False  # forward returns a mean loss; the HF Trainer must scale it for accumulation
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}  # used only when config ties them
 
     def __init__(self, config: GPTConfig):

@@ -37,6 +37,10 @@ COMPILE_PAYS: dict[str, bool] = {}
 # bench/README.md). compile_step still works on them (the result equals eager) but gains nothing.
 NOT_COMPILABLE: dict[str, str] = {}
 
+# param-group floats that change every step: a 0-dim tensor during the compiled call. "lr": the schedule's;
+# "hd_lr": the hypergradient optimizers' adapted rate (written by their step).
+_TENSOR_KEYS = ("lr", "hd_lr")
+
 _DYNAMO_CONFIG = {
     "capture_scalar_outputs": True,  # a tensor lr used as a Python scalar (alpha=-lr) stays in the graph
     "recompile_limit": 64,  # one cache entry per optimizer instance of a class (tests, benchmarks)
@@ -80,15 +84,16 @@ class CompiledStep:
 
         groups = self.optimizer.param_groups
         while len(self._lr) < len(groups):
-            self._lr.append(torch.zeros((), dtype=torch.float64))
+            self._lr.append({key: torch.zeros((), dtype=torch.float64) for key in _TENSOR_KEYS})
         saved = []
         try:
-            for g, t in zip(groups, self._lr):
-                lr = g.get("lr")
-                if lr is not None and not torch.is_tensor(lr):
-                    t.fill_(float(lr))
-                    g["lr"] = t
-                    saved.append((g, "lr", lr, t))
+            for g, ts in zip(groups, self._lr):
+                for key, t in ts.items():
+                    value = g.get(key)
+                    if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)):
+                        t.fill_(value)
+                        g[key] = t
+                        saved.append((g, key, value, t))
                 if self._capturable and g.get("capturable") is False:
                     g["capturable"] = True
                     saved.append((g, "capturable", False, True))
@@ -96,8 +101,11 @@ class CompiledStep:
                 return self.compiled(self.optimizer, **kwargs)
         finally:
             for g, key, old, new in saved:
-                if g.get(key) is new:  # leave a value the optimizer itself wrote
+                value = g.get(key)
+                if value is new:
                     g[key] = old
+                elif torch.is_tensor(value) and value.numel() == 1:  # the step wrote a new value: keep it, as a float
+                    g[key] = float(value)
 
 
 def compile_step(optimizer: torch.optim.Optimizer, **compile_kwargs) -> torch.optim.Optimizer:
