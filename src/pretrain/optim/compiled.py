@@ -59,6 +59,93 @@ def _is_torch_optimizer(opt) -> bool:
     return type(opt).__module__.startswith("torch.optim")
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Tensor-step paths. ADOPT and LAMB read their step counter with `.item()` (a data-dependent Python int: a
+# graph break) and turn it into Python floats (ADOPT's clip value t**0.25, LAMB's bias corrections), so every
+# step would compile anew. During a compiled call only, their update methods are replaced by the functions
+# below, which compute the same update with the step kept as a tensor (fp64 for the powers). They belong in
+# the optimizers' modules (as a `torch.compiler.is_compiling()` branch, the way torch's optimizers use
+# `_get_value`); see bench/README.md. tests/test_optim_compiled.py checks them against the eager path.
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _work(p: torch.Tensor) -> torch.Tensor:
+    return p.float() if p.dtype in _LOW_PRECISION else p
+
+
+def _adopt_update(opt, group: dict, params: list) -> None:
+    """pretrain.optim.adopt.ADOPT._step_foreach with the step as a tensor (t = calls before this one)."""
+    lr, eps, wd, clip_exponent = group["lr"], group["eps"], group["weight_decay"], group["clip_exponent"]
+    beta1, beta2 = group["betas"]
+    for p in params:
+        state = opt.state[p]
+        t = state["step"].double()
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        g = p.grad.to(v.dtype)
+        w = _work(p)
+        started = t > 0  # the first call only initializes v
+        n = g / v.sqrt().clamp(min=eps)
+        if clip_exponent is not None:
+            c = t ** clip_exponent
+            n = torch.minimum(torch.maximum(n, -c), c)
+        if wd != 0:
+            w.mul_(torch.where(started, 1 - lr * wd, 1.0))
+        m.copy_(torch.where(started, m.lerp(n, 1 - beta1), m))
+        w.sub_(torch.where(started, lr * m, 0.0))
+        v.copy_(torch.where(started, v * beta2 + (1 - beta2) * g * g, g * g))
+        if w is not p:
+            p.copy_(w)
+
+
+def _lamb_update(opt, group: dict, params: list) -> None:
+    """pretrain.optim.lamb.LAMB._step_foreach with the step as a tensor (t = calls including this one)."""
+    lr, eps, wd, clamp_value = group["lr"], group["eps"], group["weight_decay"], group["clamp_value"]
+    beta1, beta2 = group["betas"]
+    for p in params:
+        state = opt.state[p]
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        g = p.grad.to(m.dtype)
+        w = _work(p)
+        m.mul_(beta1).add_(g, alpha=1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        if group["bias_correction"]:
+            t = state["step"].double()
+            r = (m / (1 - beta1 ** t)) / ((v / (1 - beta2 ** t)).sqrt() + eps)
+        else:
+            r = m / (v.sqrt() + eps)
+        if wd != 0:
+            r = r + wd * w
+        w_norm, r_norm = w.norm(), r.norm()
+        if clamp_value is not None:
+            w_norm = w_norm.clamp(max=clamp_value)
+        trust = torch.where((w_norm > 0) & (r_norm > 0), w_norm / r_norm, torch.ones_like(w_norm))
+        w.sub_(lr * trust * r)
+        if w is not p:
+            p.copy_(w)
+
+
+def _adapters() -> dict:
+    """Optimizer class -> tensor-step update used in place of its `_step_foreach` / `_step_reference`."""
+    from .adopt import ADOPT
+    from .lamb import LAMB
+    return {ADOPT: _adopt_update, LAMB: _lamb_update}
+
+
+def _install_adapter(optimizer) -> None:
+    update = next((f for cls, f in _adapters().items() if isinstance(optimizer, cls)), None)
+    if update is None:
+        return
+    for name in ("_step_foreach", "_step_reference"):
+        eager = getattr(optimizer, name)
+
+        def method(group, params, _eager=eager):
+            if torch.compiler.is_compiling():
+                return update(optimizer, group, params)
+            return _eager(group, params)
+        setattr(optimizer, name, method)
+
+
 class CompiledStep:
     """Callable that replaces `optimizer.step`; `.eager` is the original step, `.compiled` the compiled one."""
 
@@ -117,6 +204,7 @@ def compile_step(optimizer: torch.optim.Optimizer, **compile_kwargs) -> torch.op
     """
     if isinstance(getattr(optimizer, "step", None), CompiledStep):
         return optimizer
+    _install_adapter(optimizer)
     optimizer.step = CompiledStep(optimizer, **compile_kwargs)
     return optimizer
 
@@ -125,6 +213,8 @@ def uncompile_step(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """Back to the eager step."""
     if isinstance(optimizer.__dict__.get("step"), CompiledStep):
         del optimizer.step
+    for name in ("_step_foreach", "_step_reference"):
+        optimizer.__dict__.pop(name, None)
     return optimizer
 
 

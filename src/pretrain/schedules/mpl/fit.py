@@ -8,7 +8,10 @@ L0, A, B, C and 5e-3 for alpha, beta, gamma. Differences, all documented here:
   and the AdamW lrs act as relative steps (5e-2 = about 5% of the value per step for L0, A, B, C, whose
   scales differ by 100x; 5e-3 for the exponents). Weight decay is 0 (it would pull log p towards 0).
 * the AdamW lr follows a cosine from its value down to 1% of it over `steps`, so the fit settles instead of
-  oscillating at the step size; then (polish=True) L-BFGS refines the best restart on the same objective.
+  oscillating at the step size; then the best restart is polished on the same objective by a trust-region
+  least-squares solver (scipy `least_squares`, loss="huber", f_scale=delta, analytic Jacobian): the
+  valley along (B, C, beta, gamma) is long and narrow, AdamW and L-BFGS crawl along it, while the
+  Gauss-Newton steps reach the noise floor in a few dozen iterations (polish=None skips it).
 * restarts: a few inits built from the data (L0 below the lowest loss, A and alpha from a log-log fit of
   the constant-lr part of the curves, B by least squares with C, beta, gamma at typical values); the one
   with the lowest objective wins.
@@ -91,6 +94,81 @@ class _Prepared:
         if self.drop.numel():
             out = out - p["B"] * _LossDropSum.apply(p["gamma"], p["C"], p["beta"], self.log_eta, self.s_k, self.drop)
         return out
+
+
+def _pred_jac(pr: "_Prepared", theta: np.ndarray):
+    """Prediction and its Jacobian w.r.t. the log-parameters theta (columns in PARAM_NAMES order)."""
+    L0, A, alpha, B, C, beta, gamma = np.exp(theta)
+    with torch.no_grad():
+        s_pow = pr.s ** (-alpha)
+        jac = torch.zeros(pr.s.numel(), 7, dtype=torch.float64)
+        jac[:, 0] = L0
+        jac[:, 1] = A * s_pow
+        jac[:, 2] = -alpha * A * s_pow * pr.s.log()
+        pred = L0 + A * s_pow
+        if pr.drop.numel():
+            u = (C * torch.exp(-gamma * pr.log_eta))[None, :] * pr.s_k
+            lg = torch.log1p(u)
+            q = torch.exp(-beta * lg)
+            ld = pr.drop.sum() - q @ pr.drop
+            w = q * u / (1.0 + u)
+            pred = pred - B * ld
+            jac[:, 3] = -B * ld
+            jac[:, 4] = -B * beta * (w @ pr.drop)
+            jac[:, 5] = -B * beta * ((lg * q) @ pr.drop)
+            jac[:, 6] = B * beta * gamma * (w @ (pr.drop * pr.log_eta))
+    return pred.numpy(), jac.numpy()
+
+
+def _polish_lsq(theta0: torch.Tensor, best: float, prepared: list, delta: float, iters: int):
+    from scipy.optimize import least_squares
+
+    def parts(x):
+        preds, jacs = zip(*(_pred_jac(pr, x) for pr in prepared))
+        return np.concatenate(preds), np.concatenate(jacs)
+
+    log_y = np.concatenate([pr.log_y.numpy() for pr in prepared])
+
+    def fun(x):
+        pred = parts(x)[0]
+        return log_y - np.log(np.clip(pred, 1e-12, None))
+
+    def jac(x):
+        pred, j = parts(x)
+        return -j / np.clip(pred, 1e-12, None)[:, None]
+
+    try:
+        with np.errstate(all="ignore"):
+            res = least_squares(fun, theta0.numpy(), jac=jac, loss="huber", f_scale=delta, method="trf",
+                                x_scale="jac", max_nfev=iters, xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    except (ValueError, np.linalg.LinAlgError) as e:  # pragma: no cover - keep the AdamW result
+        warnings.warn(f"MPL least-squares polish failed ({e}); keeping the AdamW result")
+        return theta0, best
+    theta = torch.as_tensor(res.x, dtype=torch.float64)
+    with torch.no_grad():
+        o = _objective(theta, prepared, delta).item()
+    return (theta, o) if math.isfinite(o) and o < best else (theta0, best)
+
+
+def _polish_lbfgs(theta0: torch.Tensor, best: float, prepared: list, delta: float, iters: int):
+    theta = theta0.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=iters, tolerance_grad=1e-14, tolerance_change=1e-18,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        o = _objective(theta, prepared, delta)
+        o.backward()
+        return o
+
+    try:
+        opt.step(closure)
+    except RuntimeError as e:  # pragma: no cover
+        warnings.warn(f"MPL L-BFGS polish failed ({e}); keeping the AdamW result")
+        return theta0, best
+    with torch.no_grad():
+        o = _objective(theta, prepared, delta).item()
+    return (theta.detach().clone(), o) if math.isfinite(o) and o < best else (theta0, best)
 
 
 class _LossDropSum(torch.autograd.Function):
@@ -212,10 +290,12 @@ def default_inits(runs: Sequence[Run], prepared: list, n: int = 3) -> list[MPLPa
 
 def fit(runs, init=None, steps: int = 400, *, heldout=None, lr: float = 5e-2, lr_exponents: float = 5e-3,
         huber_delta: float = 1e-3, skip_fraction: float = 0.1, max_points: int | None = 200,
-        restarts: int = 3, polish: bool = True, polish_iters: int = 200, verbose: bool = False):
+        restarts: int = 3, polish: str | None = "lsq", polish_iters: int = 200, verbose: bool = False):
     """Fit MPL parameters to `runs` (each a Run or a tuple (lrs, steps, losses, warmup_steps[, name])).
 
-    init: None (data-driven restarts), an MPLParams / dict, or a list of them (one restart each).
+    init: None (data-driven restarts, at most 5), an MPLParams / dict, or a list of them (one restart each).
+    polish: "lsq" (default: scipy trust-region least squares with the same Huber loss and the analytic
+    Jacobian), "lbfgs" (torch L-BFGS on the same objective), or None (AdamW only, the official procedure).
     Returns (MPLParams, report) where report has the objective of every restart, the chosen one, and
     `train` / `heldout` = evaluate(...) on the fitting points' runs (skip_fraction applied) and on `heldout`.
     """
@@ -268,29 +348,20 @@ def fit(runs, init=None, steps: int = 400, *, heldout=None, lr: float = 5e-2, lr
         tried.append((best, best_theta, p0))
     tried.sort(key=lambda x: x[0])
     best, theta_best, p_init = tried[0]
+    best_adamw = best
 
-    if polish:
-        theta = theta_best.clone().requires_grad_(True)
-        opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=polish_iters, tolerance_grad=1e-14,
-                                tolerance_change=1e-18, history_size=20, line_search_fn="strong_wolfe")
-
-        def closure():
-            opt.zero_grad()
-            o = _objective(theta, prepared, huber_delta)
-            o.backward()
-            return o
-
-        try:
-            opt.step(closure)
-            with torch.no_grad():
-                o = _objective(theta, prepared, huber_delta).item()
-            if math.isfinite(o) and o < best:
-                best, theta_best = o, theta.detach().clone()
-        except RuntimeError as e:  # pragma: no cover - line search failures leave the Adam result
-            warnings.warn(f"MPL polish failed ({e}); keeping the AdamW result")
+    if polish == "lsq":
+        theta_best, best = _polish_lsq(theta_best, best, prepared, huber_delta, polish_iters)
+    elif polish == "lbfgs":
+        theta_best, best = _polish_lbfgs(theta_best, best, prepared, huber_delta, polish_iters)
+    elif polish:
+        raise ValueError(f"polish must be 'lsq', 'lbfgs' or None, got {polish!r}")
     params = _params(theta_best)
     report = {
         "objective": best,
+        "objective_adamw": best_adamw,
+        "polish": polish,
+        "n_points": int(sum(pr.y.numel() for pr in prepared)),
         "init": p_init.to_dict(),
         "restarts": [{"objective": o, "init": p.to_dict()} for o, _, p in tried],
         "skip_fraction": skip_fraction,
