@@ -26,10 +26,13 @@ def test_ddp_two_processes_matches_one_process(tmp_path):
     assert a[-1]["loss"] < a[0]["loss"]
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_zero_two_processes(tmp_path, stage):
+# ZeRO-1/2 with optimizers written here as DeepSpeed client optimizers; ZeRO-3 with torch's AdamW
+@pytest.mark.parametrize("stage,optim", [(1, "lion"), (2, "adopt"), (3, "adamw")])
+def test_deepspeed_zero_two_processes(tmp_path, stage, optim):
     run_dir = tmp_path / f"zero{stage}"
-    p = run_cli(SMALL + STEPS + [f"run_dir={run_dir}", "train.save_every=4"], nproc=2, launcher="accelerate",
+    lr = {"lion": "optim.lr=3e-3", "adopt": "optim.lr=3e-3", "adamw": "optim.lr=3e-3"}[optim]
+    p = run_cli(SMALL + STEPS + [f"run_dir={run_dir}", "train.save_every=4", f"optim={optim}", lr], nproc=2,
+                launcher="accelerate",
                 config_file=f"launch/zero{stage}.yaml", timeout=900)
     assert p.returncode == 0, dump(p)
     assert "world 2" in p.stdout + p.stderr

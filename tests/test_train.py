@@ -87,6 +87,25 @@ def test_resume_continues_exactly(base_run, tmp_path):
     assert rows(branch, "eval")[-1]["val_loss"] == rows(run_dir, "eval")[-1]["val_loss"]
 
 
+@pytest.mark.parametrize("optim", ["sophia", "sf_adamw", "adam_hd"])
+def test_resume_is_exact_for_stateful_optimizers(optim, tmp_path):
+    """Hessian estimates (Sophia), train/eval parameter swaps (Schedule-Free), adapted lrs (Adam-HD)."""
+    extra = [f"optim={optim}", "optim.lr=3e-3"] + (["optim.k=3"] if optim == "sophia" else []) + (
+        ["schedule=constant"] if optim == "sf_adamw" else [])
+    full = tmp_path / "full"
+    train_inprocess([f"run_dir={full}", "train.steps=12", "train.eval_every=6", "train.save_every=6"] + extra)
+    part = tmp_path / "part"
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step_6", part / "checkpoints" / "step_6")
+    train_inprocess([f"run_dir={part}", "train.steps=12", "train.eval_every=6", "train.save_every=6",
+                     "resume=auto"] + extra)
+    a = {r["step"]: r for r in rows(full)}
+    b = {r["step"]: r for r in rows(part)}
+    assert sorted(b) == list(range(7, 13))
+    assert [b[s]["loss"] for s in b] == [a[s]["loss"] for s in b]
+    assert rows(part, "eval")[-1]["val_loss"] == rows(full, "eval")[-1]["val_loss"]
+
+
 def test_wsd_cooldown_branches_from_a_stable_checkpoint(tmp_path):
     stable = tmp_path / "stable"
     train_inprocess([f"run_dir={stable}", "schedule=constant", "train.steps=16", "train.save_every=8",

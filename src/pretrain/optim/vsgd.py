@@ -58,6 +58,11 @@ def _validate(group: dict) -> None:
     check_range("optim.weight_decay", float(group["weight_decay"]), lo=0.0)
 
 
+def _rate(state: dict, eps: float) -> torch.Tensor:
+    gbar, vbar, hbar, vhbar = state["gbar"], state["vbar"], state["hbar"], state["vhbar"]
+    return gbar.square().div_(vbar + eps).mul_(hbar).div_(vhbar + eps)
+
+
 class VSGD(torch.optim.Optimizer):
     """vSGD-l with finite-difference curvature (see the module docstring)."""
 
@@ -76,9 +81,8 @@ class VSGD(torch.optim.Optimizer):
         if closure is None:
             raise RuntimeError("vsgd needs step(closure): closure(backward=True) must recompute the loss and the "
                                "gradients on the same mini-batch at the current parameters")
-        work = []  # (group, p, state, g_raw, g, delta, p0)
+        work = []  # (group, p, state, received gradient, p0)
         for group in self.param_groups:
-            wd = group["weight_decay"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -87,36 +91,42 @@ class VSGD(torch.optim.Optimizer):
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
-                    for key in ("gbar", "vbar", "hbar", "tau"):
+                    for key in ("gbar", "vbar", "hbar", "vhbar", "tau"):
                         state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                g_raw = p.grad.clone()
-                g = g_raw.add(p, alpha=wd) if wd != 0 else g_raw
-                # difference step: the running mean gradient, or g itself before the averages exist
-                delta = g if state["step"] < group["n0"] else state["gbar"]
-                work.append((group, p, state, g_raw, g, delta, p.detach().clone()))
+                work.append((group, p, state, p.grad.clone(), p.detach().clone()))
+        if not work:
+            return None
 
-        # gradient at p + delta, same mini-batch
-        for _, p, _, _, _, delta, _ in work:
+        def gradients():
+            # the gradient of the (L2-regularized) objective at the parameters' current values, as the closure
+            # computes it: never clipped or otherwise changed by the loop
+            with torch.enable_grad():
+                closure(backward=True)
+            out = []
+            for group, p, _, _, _ in work:
+                g = p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+                if group["weight_decay"] != 0:
+                    g.add_(p, alpha=group["weight_decay"])
+                out.append(g)
+            return out
+
+        gs = gradients()  # at p0
+        deltas = [g if state["step"] < group["n0"] else state["gbar"].clone()
+                  for (group, _, state, _, _), g in zip(work, gs)]
+        for (_, p, _, _, _), delta in zip(work, deltas):
             p.add_(delta)
-        with torch.enable_grad():
-            closure(backward=True)
-        g2s = []
-        for group, p, _, _, _, _, _ in work:
-            g2 = p.grad.clone() if p.grad is not None else torch.zeros_like(p)
-            if group["weight_decay"] != 0:
-                g2.add_(p, alpha=group["weight_decay"])  # p is at p0 + delta here
-            g2s.append(g2)
-        for (_, p, _, g_raw, _, _, p0) in work:  # restore the parameters and the original gradient
+        g2s = gradients()  # at p0 + delta, same mini-batch
+        for _, p, _, received, p0 in work:  # restore the parameters and the loop's gradient (bit-exact)
             p.copy_(p0)
             if p.grad is None:
-                p.grad = g_raw
+                p.grad = received
             else:
-                p.grad.copy_(g_raw)
+                p.grad.copy_(received)
 
-        for (group, p, state, _, g, delta, _), g2 in zip(work, g2s):
+        for (group, p, state, received, _), g, g2, delta in zip(work, gs, g2s, deltas):
             eps, n0 = group["eps"], group["n0"]
-            h = (g2 - g).abs_().div_(delta.abs() + eps)
-            gbar, vbar, hbar, tau = state["gbar"], state["vbar"], state["hbar"], state["tau"]
+            h = g2.sub_(g).abs_().div_(delta.abs().add_(eps))
+            gbar, vbar, hbar, vhbar, tau = (state[k] for k in ("gbar", "vbar", "hbar", "vhbar", "tau"))
             state["step"] += 1
             if state["step"] <= n0:
                 # slow start: plain means of the first n0 samples (running mean = average with memory k)
@@ -124,19 +134,28 @@ class VSGD(torch.optim.Optimizer):
                 gbar.mul_(1 - w).add_(g, alpha=w)
                 vbar.mul_(1 - w).addcmul_(g, g, value=w)
                 hbar.mul_(1 - w).add_(h, alpha=w)
+                vhbar.mul_(1 - w).addcmul_(h, h, value=w)
                 if state["step"] == n0:
-                    vbar.mul_(group["c"])
-                    hbar.mul_(group["c"])
+                    c = group["c"]
+                    vbar.mul_(c)
+                    hbar.mul_(c)
+                    vhbar.mul_(c * c)
                     tau.fill_(n0)
                 continue
+            # outliers (more than 2 standard deviations from the running mean, gradient or curvature) lengthen
+            # the memory by one sample, before the averages take the new sample in
+            outlier = (g - gbar).abs_() > (vbar - gbar * gbar).clamp_(min=0).sqrt_().mul_(2)
+            outlier |= (h - hbar).abs_() > (vhbar - hbar * hbar).clamp_(min=0).sqrt_().mul_(2)
+            tau.add_(outlier.to(tau.dtype))
             w = tau.reciprocal()
             gbar.mul_(1 - w).addcmul_(w, g)
             vbar.mul_(1 - w).addcmul_(w, g * g)
             hbar.mul_(1 - w).addcmul_(w, h)
-            gbar_sq = gbar * gbar
-            eta = gbar_sq / (hbar * vbar + eps)
-            tau.mul_(1 - gbar_sq / (vbar + eps)).add_(1)
-            p.add_(eta * g, alpha=-group["lr"])
+            vhbar.mul_(1 - w).addcmul_(w, h * h)
+            ratio = gbar * gbar / (vbar + eps)
+            eta = ratio * hbar / (vhbar + eps)
+            tau.mul_(1 - ratio).add_(1)
+            p.addcmul_(eta, received, value=-group["lr"])
         return None
 
     @torch.no_grad()
@@ -147,7 +166,7 @@ class VSGD(torch.optim.Optimizer):
                 state = self.state.get(p)
                 if not state or state["step"] < group["n0"]:
                     continue
-                eta = state["gbar"].square() / (state["hbar"] * state["vbar"] + group["eps"])
+                eta = _rate(state, group["eps"])
                 total += float(eta.sum(dtype=torch.float64))
                 count += eta.numel()
         return {"vsgd_mean_rate": total / count if count else 0.0}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pretrain.schedules.mpl.fit import evaluate, fit, format_report, load_runs_from_metrics
+from pretrain.schedules.mpl.fit import fit, format_report, load_runs_from_metrics
 from pretrain.schedules.mpl.law import MPLParams, predict
 from pretrain.schedules.mpl.optimize import (compare_final, load_schedule, optimize_schedule, reference_schedules,
                                              save_schedule)

@@ -79,16 +79,33 @@ def parse_kw(items: Sequence[str]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
+    """Either a recipe with Hydra overrides (`recipe=1b_wsd schedule=wsd --out wsd.png`) or an explicit schedule
+    (`--name wsd --peak-lr 3e-4 --steps 24000 --kw warmup_steps=2000 --out wsd.png`)."""
+    import sys
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    rest = [a for a in argv if a not in overrides]
     ap = argparse.ArgumentParser(prog="python -m pretrain.tools.plot_schedule", description=__doc__.splitlines()[0])
-    ap.add_argument("--name", required=True, help="a registered schedule (pretrain.schedules.SCHEDULES)")
-    ap.add_argument("--peak-lr", type=float, required=True)
-    ap.add_argument("--steps", type=int, required=True, help="total_steps of the run")
+    ap.add_argument("--name", help="a registered schedule (pretrain.schedules.SCHEDULES)")
+    ap.add_argument("--peak-lr", type=float)
+    ap.add_argument("--steps", type=int, help="total_steps of the run")
     ap.add_argument("--kw", action="append", default=[], metavar="KEY=VALUE", help="schedule keyword, repeatable")
     ap.add_argument("--out", required=True, help="PNG file to write")
     ap.add_argument("--log-y", action="store_true")
-    args = ap.parse_args(argv)
-    sched = build_schedule(args.name, peak_lr=args.peak_lr, total_steps=args.steps, **parse_kw(args.kw))
-    out = plot_schedules({args.name: sched}, args.out, title=f"{args.name} (peak {args.peak_lr:g})", log_y=args.log_y)
+    args = ap.parse_args(rest)
+    if overrides or args.name is None:
+        from pretrain.config import load_config, schedule_kwargs
+        cfg = load_config(overrides)
+        name, peak, steps = cfg.schedule["name"], float(cfg.optim.get("lr", 1.0)), cfg.train.steps
+        sched = build_schedule(name, peak_lr=peak, total_steps=steps, **schedule_kwargs(cfg))
+        title = f"{cfg.recipe}: {name} (peak {peak:g}, {steps} steps)"
+    else:
+        if args.peak_lr is None or args.steps is None:
+            ap.error("--name needs --peak-lr and --steps")
+        name, peak = args.name, args.peak_lr
+        sched = build_schedule(name, peak_lr=peak, total_steps=args.steps, **parse_kw(args.kw))
+        title = f"{name} (peak {peak:g})"
+    out = plot_schedules({name: sched}, args.out, title=title, log_y=args.log_y)
     print(out)
     return out
 

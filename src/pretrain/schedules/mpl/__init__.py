@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 from ...errors import ConfigError
 from ..registry import Schedule, ScheduleSpec, register

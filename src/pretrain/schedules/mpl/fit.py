@@ -11,7 +11,9 @@ L0, A, B, C and 5e-3 for alpha, beta, gamma. Differences, all documented here:
   oscillating at the step size; then the best restart is polished on the same objective by a trust-region
   least-squares solver (scipy `least_squares`, loss="huber", f_scale=delta, analytic Jacobian): the
   valley along (B, C, beta, gamma) is long and narrow, AdamW and L-BFGS crawl along it, while the
-  Gauss-Newton steps reach the noise floor in a few dozen iterations (polish=None skips it).
+  Gauss-Newton steps reach the noise floor in a few dozen iterations (polish=None skips it). The polish
+  keeps the parameters in a wide box (_POLISH_BOX: exponents in [1e-3, 10], C in [1e-4, 1e4]) because
+  on noisy curves (C, beta) can otherwise drift to the degenerate limit C -> 0, beta -> inf.
 * restarts: a few inits built from the data (L0 below the lowest loss, A and alpha from a log-log fit of
   the constant-lr part of the curves, B by least squares with C, beta, gamma at typical values); the one
   with the lowest objective wins.
@@ -30,7 +32,6 @@ import numpy as np
 import torch
 
 from .law import PARAM_NAMES, MPLParams, predict
-
 
 
 class Run(NamedTuple):
@@ -120,6 +121,11 @@ def _pred_jac(pr: "_Prepared", theta: np.ndarray):
     return pred.numpy(), jac.numpy()
 
 
+# the box the least-squares polish stays in (PARAM_NAMES order): with noisy curves the (C, beta) pair can
+# otherwise run off to C -> 0, beta -> inf (G(x) -> 1 - exp(-beta*C*x), a limit of the same family)
+_POLISH_BOX = (np.array([1e-6, 1e-6, 1e-3, 1e-6, 1e-4, 1e-3, 1e-3]), np.array([1e4, 1e4, 10.0, 1e8, 1e4, 10.0, 10.0]))
+
+
 def _polish_lsq(theta0: torch.Tensor, best: float, prepared: list, delta: float, iters: int):
     from scipy.optimize import least_squares
 
@@ -137,9 +143,11 @@ def _polish_lsq(theta0: torch.Tensor, best: float, prepared: list, delta: float,
         pred, j = parts(x)
         return -j / np.clip(pred, 1e-12, None)[:, None]
 
+    lo, hi = np.log(_POLISH_BOX[0]), np.log(_POLISH_BOX[1])
+    x0 = np.clip(theta0.numpy(), lo + 1e-9, hi - 1e-9)
     try:
         with np.errstate(all="ignore"):
-            res = least_squares(fun, theta0.numpy(), jac=jac, loss="huber", f_scale=delta, method="trf",
+            res = least_squares(fun, x0, jac=jac, bounds=(lo, hi), loss="huber", f_scale=delta, method="trf",
                                 x_scale="jac", max_nfev=iters, xtol=1e-15, ftol=1e-15, gtol=1e-15)
     except (ValueError, np.linalg.LinAlgError) as e:  # pragma: no cover - keep the AdamW result
         warnings.warn(f"MPL least-squares polish failed ({e}); keeping the AdamW result")
