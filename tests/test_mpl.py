@@ -194,7 +194,8 @@ def test_load_runs_from_metrics(tmp_path):
     (tr,) = load_runs_from_metrics(tmp_path / "cos" / "metrics.jsonl", key="loss", smooth=3, warmup_steps=7)
     assert tr.warmup_steps == 7 and tr.steps.size == 39
     raw = truth[tr.steps - 1]
-    assert tr.losses[5] == pytest.approx(raw[4:7].mean()) and tr.losses[0] == pytest.approx(raw[:2].mean())
+    assert tr.losses[5] == pytest.approx(raw[4:7].mean()) and tr.losses[0] == pytest.approx(raw[0])
+    assert tr.losses[-1] == pytest.approx(raw[-1])
     with pytest.raises(ValueError, match="no rows with 'nope'"):
         load_runs_from_metrics([tmp_path / "cos"], key="nope")
 
@@ -243,3 +244,15 @@ def test_cli_plots(tmp_path):
     assert cli.main(["optimize", "--params", str(tmp_path / "p.json"), "--steps", str(T), "--peak-lr", str(peak),
                      "--warmup", str(W), "--iters", "5", "--plot", str(tmp_path / "opt.png")]) == 0
     assert (tmp_path / "fit.png").stat().st_size > 1000 and (tmp_path / "opt.png").stat().st_size > 1000
+
+
+def test_fit_adamw_only_accepts_tuples_and_evaluate_is_exact_at_truth():
+    T, W, peak = 400, 40, 1e-3
+    at = np.arange(W + 1, T, 9)
+    runs = [(l, at, predict(P, l, W, at_steps=at), W) for l in (constant(T, W, peak), cosine(T, W, peak))]
+    params, report = fit(runs, init=[P.to_dict(), P], steps=10, polish=None, skip_fraction=0.0)
+    assert len(report["restarts"]) == 2 and report["polish"] is None
+    assert report["objective"] == report["objective_adamw"] and all(v > 0 for v in params.as_tuple())
+    ev = evaluate(P, runs)
+    assert set(ev["runs"]) == {"run0", "run1"}
+    assert ev["all"]["r2"] == pytest.approx(1.0) and ev["all"]["mae"] < 1e-12

@@ -234,8 +234,9 @@ def train(cfg: RunConfig, log=None) -> dict:
         writer.write({"step": 0, "tokens": 0, "kind": "eval", "val_loss": val_loss, "val_ppl": math.exp(val_loss)})
     is_ds = accelerator.distributed_type.value == "DEEPSPEED"
     t_last, tokens_since, h_every = time.time(), 0, hessian_interval(inner)
-    for step in range(start, t.steps):
-        set_lr(optimizer, schedule.factor(step))
+    def train_step(step, factor):
+        """One optimizer step on global batch `step` with lr factor `factor`: (mean loss, grad norm)."""
+        set_lr(optimizer, factor)
         losses = []
         for i in range(accum):
             batch = micro(step, i)
@@ -256,9 +257,30 @@ def train(cfg: RunConfig, log=None) -> dict:
             grad_norm = model.get_global_grad_norm()
         if h_every and (step + 1) % h_every == 0:
             hessian_estimate(step)
+        return accelerator.reduce(torch.stack(losses).mean(), "mean").item(), grad_norm
+
+    def lr_search(step):
+        """AutoLRS-style controllers: candidate lrs tried in short runs from the same model, optimizer, RNG and
+        data position (restored before each trial and after the search)."""
+        snap = _snapshot(accelerator, model, optimizer, loader, step)
+
+        def trial(lr, n_steps):
+            _restore(accelerator, model, optimizer, loader, step, snap)
+            return [train_step(step + j, lr / schedule.peak_lr)[0] for j in range(min(n_steps, t.steps - step))]
+
+        schedule.search(step, trial)
+        _restore(accelerator, model, optimizer, loader, step, snap)
+
+    controller = callable(getattr(schedule, "wants_search", None))
+    if controller and is_ds:
+        raise ConfigError("schedule.name", f"{cfg.schedule['name']} restores model and optimizer snapshots, which "
+                          "the DeepSpeed engine does not support here; use DDP or FSDP")
+    for step in range(start, t.steps):
+        if controller and schedule.wants_search(step):
+            lr_search(step)
+        loss_val, grad_norm = train_step(step, schedule.factor(step))
         done = step + 1
         tokens_since += tokens_per_step
-        loss_val = accelerator.reduce(torch.stack(losses).mean(), "mean").item()
         if not math.isfinite(loss_val):
             raise FloatingPointError(f"loss is {loss_val} at step {done}; the last checkpoint is kept in {run_dir}")
         if done % cfg.log.log_every == 0 or done == t.steps or done == start + 1:
@@ -269,8 +291,9 @@ def train(cfg: RunConfig, log=None) -> dict:
                    "lr": schedule(step), "grad_norm": float(grad_norm) if grad_norm is not None else None,
                    "tokens_per_s": tps, "mfu": (flops_tok * tps / (peak * world)) if peak else None,
                    "epoch": loader.epoch_of(done)}
-            if hasattr(inner, "metrics"):
-                row.update({k: float(v) for k, v in inner.metrics().items()})
+            for source in (inner, schedule):
+                if hasattr(source, "metrics"):
+                    row.update({k: float(v) for k, v in source.metrics().items()})
             writer.write(row)
             if cfg.log.wandb:
                 accelerator.log(row, step=done)
@@ -302,6 +325,32 @@ def train(cfg: RunConfig, log=None) -> dict:
     if cfg.log.wandb:
         accelerator.end_training()
     return {"run_dir": run_dir, "steps": t.steps, "val_loss": val_loss}
+
+
+def _snapshot(accelerator, model, optimizer, loader, step) -> dict:
+    import copy
+    import random
+
+    import numpy as np
+    return {"model": copy.deepcopy(accelerator.unwrap_model(model).state_dict()),
+            "optimizer": copy.deepcopy(optimizer.state_dict()), "data": copy.deepcopy(loader.state_dict(step)),
+            "rng": (torch.get_rng_state(), np.random.get_state(), random.getstate(),
+                    torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)}
+
+
+def _restore(accelerator, model, optimizer, loader, step, snap) -> None:
+    import copy
+    import random
+
+    import numpy as np
+    accelerator.unwrap_model(model).load_state_dict(snap["model"])
+    optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
+    loader.load_state_dict(copy.deepcopy(snap["data"]), step)
+    torch.set_rng_state(snap["rng"][0])
+    np.random.set_state(snap["rng"][1])
+    random.setstate(snap["rng"][2])
+    if snap["rng"][3] is not None:
+        torch.cuda.set_rng_state_all(snap["rng"][3])
 
 
 class _null:

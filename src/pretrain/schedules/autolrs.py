@@ -41,7 +41,7 @@ Search in one stage (`search`)
    zero mean / unit variance, amplitude, length scale and noise by maximum marginal likelihood over a grid)
    is fit to (x, forecast); forecasts worse than the loss at the stage start (and divergences) enter the GP
    capped at that loss. The next candidate minimizes the lower confidence bound mu(x) - kappa * sigma(x)
-   on a 1001-point grid, excluding points already tried (the reference: skopt `acq_func='LCB'`,
+   on a 1001-point grid, excluding points already tried, ties going to the point farthest from them (the reference: skopt `acq_func='LCB'`,
    `kappa=1e6`, which makes the search nearly pure exploration; exploitation is the final choice).
 5. After `n_candidates` (k) candidates the stage lr is the tried candidate with the lowest forecast (the
    reference: `min(func_val_iters)` over the explored lrs, not the GP posterior minimum).
@@ -253,7 +253,8 @@ class GaussianProcess:
 
 def lcb_next(x, y, kappa: float, grid_points: int = ACQ_GRID) -> float:
     """The next point in [0, 1]: the minimum of mu - kappa * sigma of a GP fit (max likelihood) to (x, y),
-    y normalized to zero mean and unit variance, over a grid that excludes the points already tried."""
+    y normalized to zero mean and unit variance, over a grid that excludes the points already tried; among
+    (numerically) tied minima the point farthest from those tried wins."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     std = float(np.std(y))
     z = (y - np.mean(y)) / (std if std > 1e-12 else 1.0)
@@ -262,7 +263,12 @@ def lcb_next(x, y, kappa: float, grid_points: int = ACQ_GRID) -> float:
     free = np.min(np.abs(grid[:, None] - x[None, :]), axis=1) > 0.5 / (grid_points - 1)
     grid = grid[free] if free.any() else grid
     mu, var = gp.predict(grid)
-    return float(grid[int(np.argmin(mu - kappa * np.sqrt(var)))])
+    acq = mu - kappa * np.sqrt(var)
+    best = float(np.min(acq))
+    # ties (e.g. a short length scale leaves sigma saturated far from the data): the point farthest from the data
+    ties = np.flatnonzero(acq <= best + 1e-9 * max(1.0, abs(best)))
+    dist = np.min(np.abs(grid[ties, None] - x[None, :]), axis=1)
+    return float(grid[ties[int(np.argmax(dist))]])
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -45,12 +45,15 @@ def parse_kw(items) -> dict:
     return out
 
 
-def schedule_lrs(name: str, peak_lr: float, steps: int, kw: dict) -> np.ndarray:
-    """Per-step lrs of a registered schedule (imported lazily: pretrain.schedules is only needed here)."""
+def schedule_lrs(name: str, peak_lr: float, steps: int, kw: dict) -> tuple[np.ndarray, int | None]:
+    """Per-step lrs of a registered schedule and its warmup_steps attribute (None if it has none).
+
+    pretrain.schedules is imported lazily: only this command needs it."""
     from pretrain.schedules import build_schedule
 
     sched = build_schedule(name, peak_lr=peak_lr, total_steps=steps, **kw)
-    return np.array([sched(s) for s in range(steps)], dtype=np.float64)
+    warmup = getattr(sched, "warmup_steps", None)
+    return np.array([sched(s) for s in range(steps)], dtype=np.float64), (int(warmup) if warmup is not None else None)
 
 
 def read_lrs_file(path) -> tuple[np.ndarray, int | None]:
@@ -127,11 +130,16 @@ def cmd_predict(args) -> int:
     else:
         if args.schedule is None or args.peak_lr is None or args.steps is None:
             raise SystemExit("predict needs --schedule NAME --peak-lr X --steps N (or --lrs-file FILE)")
-        lrs, file_warmup = schedule_lrs(args.schedule, args.peak_lr, args.steps, kw), None
+        lrs, file_warmup = schedule_lrs(args.schedule, args.peak_lr, args.steps, kw)
         label = args.schedule
     if args.steps is not None and lrs.size != args.steps:
         raise SystemExit(f"the schedule has {lrs.size} steps but --steps is {args.steps}")
-    warmup = args.warmup if args.warmup is not None else int(kw.get("warmup_steps", file_warmup or 0))
+    if args.warmup is not None:
+        warmup = args.warmup
+    elif file_warmup is not None:  # the schedule's own warmup (its defaults included) or the file's
+        warmup = file_warmup
+    else:
+        warmup = int(kw.get("warmup_steps", 0))
     T = lrs.size
     at = np.unique(np.linspace(max(warmup, 1), T - 1, min(args.points, T)).round().astype(int))
     pred = predict(params, lrs, warmup, at_steps=at)
@@ -203,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peak-lr", type=float)
     p.add_argument("--steps", type=int)
     p.add_argument("--kw", action="append", default=[], metavar="KEY=VALUE", help="schedule keyword (repeatable)")
-    p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: the kw warmup_steps, else 0)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="warmup steps (default: the schedule's warmup_steps, else the file's, else 0)")
     p.add_argument("--points", type=int, default=200, help="evaluate at this many steps")
     p.add_argument("--out", help="write the predicted curve (JSON)")
     p.add_argument("--plot", help="draw the predicted curve to this PNG")

@@ -29,7 +29,7 @@ class MPLSchedule(Schedule):
 
     name = "mpl"
 
-    def __init__(self, peak_lr: float, total_steps: int, path=None):
+    def __init__(self, peak_lr: float, total_steps: int, path=None, warmup_steps=None):
         super().__init__(peak_lr, total_steps)
         if path is None or str(path) == "":
             raise ConfigError("schedule.path", f"schedule 'mpl' needs the path of a schedule file "
@@ -47,6 +47,9 @@ class MPLSchedule(Schedule):
                                                f"optimize a schedule with --steps {self.total_steps}")
         if doc["peak_lr"] <= 0:
             raise ConfigError("schedule.path", f"schedule file {str(p)!r} has peak_lr={doc['peak_lr']}; must be > 0")
+        if warmup_steps is not None and int(warmup_steps) != int(doc["warmup_steps"]):
+            raise ConfigError("schedule.warmup_steps", f"{warmup_steps} differs from the schedule file's warmup "
+                                                       f"({doc['warmup_steps']}, {str(p)!r}); leave it null or match it")
         self.path = str(p)
         self.file_peak_lr = doc["peak_lr"]
         self.warmup_steps = doc["warmup_steps"]
@@ -63,10 +66,11 @@ class MPLSchedule(Schedule):
 register(ScheduleSpec(
     name="mpl",
     factory=MPLSchedule,
-    defaults={"path": None},
+    defaults={"path": None, "warmup_steps": None},
     paper="Luo et al. 2025, A Multi-Power Law for Loss Curve Prediction Across Learning Rate Schedules (arXiv 2503.12811)",
     notes="replays a schedule optimized under a fitted Multi-Power Law (pretrain.tools.mpl optimize), "
-          "rescaled to the run's peak lr; steps past the file's end keep its last value",
+          "rescaled to the run's peak lr; steps past the file's end keep its last value; warmup_steps, when set, "
+          "must equal the file's",
 ))
 
 __all__ = [

@@ -465,14 +465,14 @@ def _warmup_from_config(run_dir: Path) -> int | None:
 
 
 def _moving_average(y: np.ndarray, window: int) -> np.ndarray:
-    """Centered moving average over `window` consecutive points (no lag), shrinking at the ends."""
+    """Centered moving average over `window` consecutive points (no lag). Near the ends the window shrinks
+    symmetrically (the first and last points stay raw), so a trend does not bias the final values."""
     if window <= 1 or y.size < 2:
         return y
-    h = window // 2
-    c = np.concatenate([[0.0], np.cumsum(y)])
     i = np.arange(y.size)
-    lo, hi = np.clip(i - h, 0, y.size), np.clip(i + h + 1, 0, y.size)
-    return (c[hi] - c[lo]) / (hi - lo)
+    h = np.minimum(np.minimum(window // 2, i), y.size - 1 - i)
+    c = np.concatenate([[0.0], np.cumsum(y)])
+    return (c[i + h + 1] - c[i - h]) / (2 * h + 1)
 
 
 def load_runs_from_metrics(paths, key: str = "val_loss", smooth: int | None = None,
@@ -483,7 +483,8 @@ def load_runs_from_metrics(paths, key: str = "val_loss", smooth: int | None = No
     to every step 0..last logged step (with a 0 anchor at step 0 when the run warms up and step 0 is not
     logged). Observations: the rows that carry `key` ("val_loss", or "loss" for training loss); the value
     at logged step s is compared with the law's prediction at index s. `smooth`: a centered moving
-    average over that many consecutive observations (use it for per-batch training losses).
+    average over that many consecutive observations, shrinking symmetrically at the ends (use it for
+    per-batch training losses).
     Warmup: `warmup_steps` if given, else `schedule.warmup_steps` of the run's config.yaml, else 0.
     """
     if isinstance(paths, (str, Path)):

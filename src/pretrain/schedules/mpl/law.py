@@ -11,7 +11,8 @@ Index conventions (they follow the official code, thu-yao-01-luo/MultiPowerLaw, 
   taken, from 0); `W = warmup_steps` is the number of warmup entries at the front of `lrs`.
 * The prediction at index t is the loss after the updates with `lrs[0..t]` (t inclusive).
 * `S1(t) + S_W = sum_{tau=0..t} lrs[tau]`: S_W is the realized warmup area `sum(lrs[:W])` and
-  S1(t) = `sum(lrs[W..t])` (inclusive of both ends), exactly the official `cumsum(lrs)[t]`.
+  S1(t) = `sum(lrs[W..t])` (inclusive of both ends), exactly the official `cumsum(lrs)[t]`. (With this
+  project's warmup, lr = peak*step/W, S_W = peak*(W-1)/2; the official optimizer uses 0.5*peak*W.)
 * The loss-drop sum runs over k = W+1..t, so eta_{k-1} for the first term is `lrs[W]`, the lr at the end
   of warmup (the paper's eta_0, the peak). With W = 0 this is k = 1..t, the official fitting code verbatim
   (which keeps the warmup ramp inside LD, where its rising lr counts as a negative drop); with W > 0 the
