@@ -79,6 +79,7 @@ def parse_args(argv=None):
                     help="auto: compile the optimizers that compile cleanly (not closure-based, not known to "
                          "fail); all: try every one; none: eager only. PRETRAIN_SKIP_COMPILE=1 means none.")
     ap.add_argument("--no-reference", action="store_true", help="skip the reference packages")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     ap.add_argument("--json", default=None, help="write the results here")
     return ap.parse_args(argv)
 
@@ -267,6 +268,8 @@ def main(argv=None) -> int:
         return 2
     compile_names = compile_candidates(args.compile, names)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = model_config(args.small)
     model = GPT(cfg)

@@ -8,7 +8,7 @@ from pretrain.optim import OPTIMIZERS
 LR = {"sgd": 0.5, "momentum": 0.1, "nesterov": 0.1, "adagrad": 0.05, "rmsprop": 3e-3, "adam": 3e-3, "adamw": 3e-3,
       "nadam": 3e-3, "adafactor": 3e-2, "sf_adamw": 5e-3, "sf_sgd": 1.0, "adamw_8bit": 3e-3, "muon": 0.02,
       "adopt": 3e-3, "lion": 3e-3, "sophia": 3e-3, "lamb": 0.1, "lars": 30.0, "rdbd": 3e-3, "sgd_armijo": 1.0,
-      "sgd_hd": 0.5, "adam_hd": 3e-3, "vsgd": 10.0}
+      "sgd_hd": 0.5, "adam_hd": 3e-3, "vsgd": 1.0}
 CONSTANT = {"sf_adamw", "sf_sgd", "sgd_armijo", "vsgd"}  # own step-size control: no external decay
 
 

@@ -33,9 +33,19 @@ import torch
 # faster than the eager one (and compiled without graph breaks or per-step recompilation).
 COMPILE_PAYS: dict[str, bool] = {}
 
-# Optimizers whose step cannot be compiled as written, and why (the change their module needs is in
-# bench/README.md). compile_step still works on them (the result equals eager) but gains nothing.
-NOT_COMPILABLE: dict[str, str] = {}
+# Registered optimizers whose step does not compile (torch 2.13, CPU), and why. `train.compile_optimizer: true`
+# should refuse them; compile_step itself does not check names.
+NOT_COMPILABLE: dict[str, str] = {
+    "sgd_armijo": "needs step(closure): the closure's forward passes cannot be traced in the step (runs eager)",
+    "vsgd": "needs step(closure): the closure's forward/backward cannot be traced in the step (runs eager)",
+    "sf_adamw": "schedulefree: inductor fails (GuardOnDataDependentSymNode) with a tensor lr; a float lr "
+                "recompiles every step",
+    "sf_sgd": "schedulefree: inductor fails (GuardOnDataDependentSymNode) with a tensor lr; a float lr "
+              "recompiles every step",
+    "adamw_8bit": "bitsandbytes' update kernels cannot run on fake tensors (dynamo fails)",
+    "momentum": "torch 2.13 dynamo fails on torch.optim.SGD(momentum, dampening) (SpeculationLogDivergence)",
+    "adafactor": "dynamo skips torch.optim.Adafactor's frames (graph breaks): nothing is compiled",
+}
 
 # param-group floats that change every step: a 0-dim tensor during the compiled call. "lr": the schedule's;
 # "hd_lr": the hypergradient optimizers' adapted rate (written by their step).
@@ -53,10 +63,6 @@ def _raw_step(cls) -> Any:
     while hasattr(f, "__wrapped__"):
         f = f.__wrapped__
     return f
-
-
-def _is_torch_optimizer(opt) -> bool:
-    return type(opt).__module__.startswith("torch.optim")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -154,7 +160,6 @@ class CompiledStep:
         self.eager = optimizer.step  # the bound, hooked step of the class
         self.compiled = torch.compile(_raw_step(type(optimizer)), **compile_kwargs)
         self._lr: list[torch.Tensor] = []
-        self._capturable = _is_torch_optimizer(optimizer)
         # torch's hook wrapper around our compiled call: pre/post hooks and the profiler entry run eagerly
         self._hooked = torch.optim.Optimizer.profile_hook_step(self._run)
 
@@ -181,7 +186,7 @@ class CompiledStep:
                         t.fill_(value)
                         g[key] = t
                         saved.append((g, key, value, t))
-                if self._capturable and g.get("capturable") is False:
+                if g.get("capturable") is False:  # torch's optimizers (muon's AdamW too) take a tensor lr only so
                     g["capturable"] = True
                     saved.append((g, "capturable", False, True))
             with torch._dynamo.config.patch(**_DYNAMO_CONFIG), torch.no_grad():

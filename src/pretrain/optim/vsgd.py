@@ -22,19 +22,19 @@ mini-batch counts as one sample, n = 1 in the 2013 paper's mini-batch formulas):
     step       p_i -= lr * eta_i * gl_i      (gl = the gradient the loop handed over in p.grad, see clipping)
 
 Why the robustness measures (measured on the tiny GPT of tests/helpers.py, 30 steps, lr=1, schedule=constant):
-vSGD-l's memory rule has a fixed point at tau = 1: there gbar = g and vbar = g^2, so gbar^2 / vbar = 1 and tau <- (1
-- 1) * 1 + 1 = 1 again. Coordinates whose gradient keeps its sign (many, early in training) shorten their memory
-towards it, and then the rate is 1 / h of one single finite-difference sample. h_i is the i-th component of H delta
-divided by delta_i, which is often near 0 by cancellation. With only 1 / hbar (the vSGD-l rate) and no outlier rule,
-5400 of the 140k coordinates had tau < 1.1 ten steps after the slow start, the largest rate grew 0.9 -> 5400, an
-update of norm 16 followed and the loss jumped 5.9 -> 15 and stayed above 10 (with the loop's gradient clipping,
-which then also inflated h, see below; without clipping the loss spiked to 6.5 at step 22 and, depending on
-floating-point noise, came back to 5.8 or reached 12.9 at step 30). The outlier rule makes tau = 1 unstable (a new
-sample against a zero running variance is always an outlier, so tau -> 2 before it is averaged in) and hbar / vhbar
-(<= 1 / hbar; 1 / h for a single sample) is the 2013 paper's rate for noisy, non-smooth curvature estimates. With
-both, the loss falls 6.25 -> 5.65 in the same run, with or without clipping, and keeps falling (5.0 at step 120).
-Ablated: hbar / vhbar without the outlier rule falls without clipping but gives a non-finite loss with it; 1 / hbar
-with the outlier rule falls (5.5).
+vSGD-l's memory rule has a fixed point at tau = 1: there gbar = g and vbar = g^2, so gbar^2 / vbar = 1 and the
+memory update gives tau = (1-1)*1+1 = 1 again. Coordinates whose gradient keeps its sign (many, early in training)
+shorten their memory towards it, and then the rate is 1 / h of one single finite-difference sample. h_i is the i-th
+component of H delta divided by delta_i, which is often near 0 by cancellation. With only 1 / hbar (the vSGD-l rate)
+and no outlier rule, 5400 of the 140k coordinates had tau < 1.1 ten steps after the slow start, the largest rate
+grew 0.9 -> 5400, an update of norm 16 followed and the loss jumped 5.9 -> 15 and stayed above 10 (with the loop's
+gradient clipping, which then also inflated h, see below; without clipping the loss spiked to 6.5 at step 22 and,
+depending on floating-point noise, came back to 5.8 or reached 12.9 at step 30). The outlier rule makes tau = 1
+unstable (a new sample against a zero running variance is always an outlier, so tau -> 2 before it is averaged in)
+and hbar / vhbar (<= 1 / hbar; 1 / h for a single sample) is the 2013 paper's rate for noisy, non-smooth curvature
+estimates. With both, the loss falls 6.25 -> 5.65 in the same run, with or without clipping, and keeps falling (5.0
+at step 120). Ablated: hbar / vhbar without the outlier rule falls without clipping but gives a non-finite loss with
+it; 1 / hbar with the outlier rule falls (5.5).
 
 Clipping (the loop clips p.grad, e.g. clip.policy=norm, before optimizer.step): g and g2 are both recomputed by
 the closure, so the finite difference compares two gradients evaluated the same way (a clipped g against an
@@ -69,7 +69,9 @@ non-linear models it is a large probe: here it is about the SGD step of lr 1, an
 it, which is what the rate is used for); the paper's mini-batch correction of the variance term (per-sample
 gradients) is not implemented: each mini-batch is one sample. State per parameter: gbar, vbar, hbar, vhbar, tau (5 x
 param) and a step count; a step needs temporary copies of the parameters, the loop's gradient and the two closure
-gradients (4 x param). """ from __future__ import annotations
+gradients (4 x param).
+"""
+from __future__ import annotations
 
 import torch
 
