@@ -1,0 +1,75 @@
+"""compile_step: the compiled step gives the eager step's parameters, with an lr that changes every step, and
+compiles only on the first two steps (state initialization, then the steady step).
+
+Set PRETRAIN_SKIP_COMPILE=1 to skip these where torch.compile is unavailable (no C++ compiler)."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pretrain.optim import build_optimizer
+from pretrain.optim.compiled import COMPILE_PAYS, NOT_COMPILABLE, compile_step, is_compiled, uncompile_step
+
+pytestmark = pytest.mark.skipif(os.environ.get("PRETRAIN_SKIP_COMPILE") == "1",
+                                reason="PRETRAIN_SKIP_COMPILE=1: torch.compile unavailable")
+
+STEPS = 5
+
+
+def make_groups(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.nn.Parameter(torch.randn(6, 4, generator=gen))
+    b = torch.nn.Parameter(torch.randn(4, generator=gen))
+    return [{"params": [w], "weight_decay": 0.1}, {"params": [b], "weight_decay": 0.0}]
+
+
+def params_of(opt):
+    return [p for g in opt.param_groups for p in g["params"]]
+
+
+@pytest.mark.parametrize("name", ["adopt", "lion"])
+def test_compiled_step_equals_eager(name):
+    from torch._dynamo.utils import counters
+
+    eager = build_optimizer(name, make_groups(), lr=1e-2)
+    compiled = compile_step(build_optimizer(name, make_groups(), lr=1e-2))
+    assert is_compiled(compiled) and not is_compiled(eager)
+    hook_calls = []
+    compiled.register_step_post_hook(lambda opt, args, kwargs: hook_calls.append(1))
+    counters.clear()
+    graphs = []
+    for t in range(STEPS):
+        gen = torch.Generator().manual_seed(100 + t)
+        for pe, pc in zip(params_of(eager), params_of(compiled)):
+            g = torch.randn(pe.shape, generator=gen)
+            pe.grad, pc.grad = g.clone(), g.clone()  # new gradient tensors every step, as zero_grad(None) gives
+        for opt in (eager, compiled):
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * (1.0 - 0.15 * t)  # a schedule: a new float every step
+        eager.step()
+        compiled.step()
+        graphs.append(counters["stats"]["unique_graphs"])
+        assert all(type(g["lr"]) is float for g in compiled.param_groups)  # the schedule's float is back
+    assert hook_calls == [1] * STEPS
+    assert graphs[0] >= 1, "nothing was compiled"
+    assert graphs[-1] == graphs[1], f"recompiled after the second step: unique graphs per step {graphs}"
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    for pe, pc in zip(params_of(eager), params_of(compiled)):
+        torch.testing.assert_close(pc, pe, rtol=1e-6, atol=1e-6 * float(pe.abs().max()))
+        for key, value in eager.state[pe].items():
+            torch.testing.assert_close(compiled.state[pc][key], value, rtol=1e-6, atol=1e-9)
+    uncompile_step(compiled)
+    assert not is_compiled(compiled)
+
+
+def test_registry_flags_name_registered_optimizers():
+    from pretrain.optim import OPTIMIZERS
+    assert set(COMPILE_PAYS) <= set(OPTIMIZERS) and set(NOT_COMPILABLE) <= set(OPTIMIZERS)
+    assert not any(COMPILE_PAYS.get(n) for n in NOT_COMPILABLE)
+
+
+def test_import_is_cheap():
+    code = "import sys, pretrain.optim.compiled; sys.exit(int('torch._dynamo' in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "importing compiled.py imports torch._dynamo"
