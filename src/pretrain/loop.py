@@ -113,6 +113,8 @@ def train(cfg: RunConfig, log=None) -> dict:
 
     start_from = _check_run_dir(cfg)
     accelerator, accum = make_accelerator(cfg)
+    if accelerator.distributed_type.value == "DEEPSPEED":
+        _check_deepspeed_support(cfg)
     is_main = accelerator.is_main_process
     log = log or (lambda msg: accelerator.print(msg))
     run_dir = cfg.run_dir
@@ -132,10 +134,6 @@ def train(cfg: RunConfig, log=None) -> dict:
     model = build_model(cfg, _pad(len(tokenizer)), tokenizer.eos_token_id)
     tokens_per_step = t.global_batch_size * t.seq_len
     optimizer, schedule = build_optimization(cfg, model, tokens_per_step)
-    inner = unwrap(optimizer)
-    if (requires_closure(inner) or hessian_interval(inner)) and accelerator.distributed_type.value == "DEEPSPEED":
-        raise ConfigError("optim.name", f"{cfg.optim['name']} needs a loss closure or a Hessian estimate, which the "
-                          "DeepSpeed engine's step does not provide; use DDP or FSDP")
     model, optimizer = accelerator.prepare(model, optimizer)
     inner = unwrap(optimizer)
     n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
@@ -272,9 +270,6 @@ def train(cfg: RunConfig, log=None) -> dict:
         _restore(accelerator, model, optimizer, loader, step, snap)
 
     controller = callable(getattr(schedule, "wants_search", None))
-    if controller and is_ds:
-        raise ConfigError("schedule.name", f"{cfg.schedule['name']} restores model and optimizer snapshots, which "
-                          "the DeepSpeed engine does not support here; use DDP or FSDP")
     for step in range(start, t.steps):
         if controller and schedule.wants_search(step):
             lr_search(step)
@@ -325,6 +320,27 @@ def train(cfg: RunConfig, log=None) -> dict:
     if cfg.log.wandb:
         accelerator.end_training()
     return {"run_dir": run_dir, "steps": t.steps, "val_loss": val_loss}
+
+
+def _check_deepspeed_support(cfg: RunConfig) -> None:
+    """Before any compute: what the DeepSpeed engine cannot do (it owns the step and the flat partitions)."""
+    from .optim import build_optimizer, hessian_interval, requires_closure
+    from .schedules import build_schedule
+    from .config import schedule_kwargs
+
+    hp = {k: v for k, v in cfg.optim.items() if k != "name"}
+    probe = build_optimizer(cfg.optim["name"], [torch.nn.Parameter(torch.zeros(2, 2))], **hp)
+    if requires_closure(probe) or hessian_interval(probe):
+        raise ConfigError("optim.name", f"{cfg.optim['name']} needs a loss closure or a Hessian estimate, which the "
+                          "DeepSpeed engine's step does not provide; use DDP or FSDP")
+    if getattr(probe, "needs_matrix_params", False):
+        raise ConfigError("optim.name", f"{cfg.optim['name']} updates whole 2-D matrices, which DeepSpeed ZeRO "
+                          "flattens into partitions; use DDP or FSDP")
+    sched = build_schedule(cfg.schedule["name"], peak_lr=float(hp.get("lr", 1.0) or 1.0),
+                           total_steps=cfg.train.steps, **schedule_kwargs(cfg))
+    if callable(getattr(sched, "wants_search", None)):
+        raise ConfigError("schedule.name", f"{cfg.schedule['name']} restores model and optimizer snapshots, which "
+                          "the DeepSpeed engine does not support here; use DDP or FSDP")
 
 
 def _snapshot(accelerator, model, optimizer, loader, step) -> dict:

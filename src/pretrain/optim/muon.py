@@ -12,6 +12,8 @@ from .registry import OptimizerSpec, register
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
+    needs_matrix_params = True  # orthogonalizes whole 2-D matrices: not on ZeRO's flattened partitions
+
     def __init__(self, groups, *, lr, momentum, nesterov, weight_decay, ns_steps, adjust_lr_fn,
                  adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay):
         muon_groups, adam_groups = [], []
