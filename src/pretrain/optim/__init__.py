@@ -9,9 +9,9 @@ from .param_groups import KINDS, build_param_groups, classify
 import importlib as _importlib
 import pkgutil as _pkgutil
 
-# registration: every module of this package registers its optimizers on import
+# registration: every module of this package registers its optimizers on import (`_common`: shared helpers only)
 for _m in sorted(m.name for m in _pkgutil.iter_modules(__path__)):
-    if _m not in ("registry", "param_groups"):
+    if _m not in ("registry", "param_groups") and not _m.startswith("_"):
         _importlib.import_module(f"{__name__}.{_m}")
 
 __all__ = ["OPTIMIZERS", "OptimizerSpec", "build_optimizer", "get_spec", "register", "validate_hparams",

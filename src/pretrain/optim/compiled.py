@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from ._common import LOW_PRECISION
+
 # Measured on CPU with bench/optim_step.py (see bench/README.md for the run). True: the compiled step was
 # faster than the eager one (and compiled without graph breaks or per-step recompilation).
 COMPILE_PAYS: dict[str, bool] = {}
@@ -73,11 +75,8 @@ def _raw_step(cls) -> Any:
 # the optimizers' modules (as a `torch.compiler.is_compiling()` branch, the way torch's optimizers use
 # `_get_value`); see bench/README.md. tests/test_optim_compiled.py checks them against the eager path.
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
 def _work(p: torch.Tensor) -> torch.Tensor:
-    return p.float() if p.dtype in _LOW_PRECISION else p
+    return p.float() if p.dtype in LOW_PRECISION else p
 
 
 def _adopt_update(opt, group: dict, params: list) -> None:

@@ -47,6 +47,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError, check_range
+from ._common import check_betas
 from .registry import OptimizerSpec, register
 
 
@@ -196,11 +197,7 @@ class AdamHD(_HypergradientOptimizer):
     @staticmethod
     def _validate(group: dict) -> None:
         _HypergradientOptimizer._validate(group)
-        betas = group["betas"]
-        if not isinstance(betas, (list, tuple)) or len(betas) != 2:
-            raise ConfigError("optim.betas", f"must be a pair (beta1, beta2), got {betas!r}")
-        for i, b in enumerate(betas):
-            check_range(f"optim.betas[{i}]", float(b), lo=0.0, hi=1.0, hi_open=True)
+        check_betas(group["betas"], strict=False)
         check_range("optim.eps", float(group["eps"]), lo=0.0)
 
     def _init_and_grads(self, group, params):

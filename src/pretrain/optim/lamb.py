@@ -30,83 +30,36 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError, check_range
+from ..errors import ConfigError
+from ._common import FP32StateOptimizer, LOW_PRECISION, buckets, check_betas, number, state_dtype, write_back
 from .registry import OptimizerSpec, register
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def _state_dtype(p: torch.Tensor) -> torch.dtype:
-    """Optimizer state is fp32 (fp64 for fp64 parameters)."""
-    return torch.promote_types(p.dtype, torch.float32)
-
-
-def _number(field: str, value, lo=None, hi=None, lo_open=False, hi_open=False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(field, f"must be a number, got {value!r}")
-    check_range(field, float(value), lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
-    return float(value)
 
 
 def _check_group(group: dict) -> None:
-    _number("optim.lr", group["lr"], lo=0.0)
-    _number("optim.eps", group["eps"], lo=0.0, lo_open=True)
-    _number("optim.weight_decay", group["weight_decay"], lo=0.0)
-    betas = group["betas"]
-    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
-        raise ConfigError("optim.betas", f"must be a pair [beta1, beta2], got {betas!r}")
-    for i, b in enumerate(betas):
-        _number(f"optim.betas[{i}]", b, lo=0.0, hi=1.0, hi_open=True)
+    number("optim.lr", group["lr"], lo=0.0)
+    number("optim.eps", group["eps"], lo=0.0, lo_open=True)
+    number("optim.weight_decay", group["weight_decay"], lo=0.0)
+    check_betas(group["betas"])
     if group["clamp_value"] is not None:
-        _number("optim.clamp_value", group["clamp_value"], lo=0.0, lo_open=True)
+        number("optim.clamp_value", group["clamp_value"], lo=0.0, lo_open=True)
     if not isinstance(group["bias_correction"], bool):
         raise ConfigError("optim.bias_correction", f"must be true or false, got {group['bias_correction']!r}")
 
 
-class LAMB(torch.optim.Optimizer):
+class LAMB(FP32StateOptimizer):
     """LAMB: Adam direction plus decoupled weight decay, rescaled per tensor by the trust ratio ||p|| / ||r||."""
+
+    STATE_KEYS = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.01,
                  clamp_value: float | None = None, bias_correction: bool = True, *, foreach: bool = True):
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
                         weight_decay=weight_decay, clamp_value=clamp_value, bias_correction=bias_correction)
-        _check_group(defaults)
-        super().__init__(params, defaults)
-        for group in self.param_groups:
-            _check_group(group)
-        self.foreach = bool(foreach)
-
-    def _init_state(self, p: torch.Tensor) -> dict:
-        state = self.state[p]
-        if len(state) == 0:
-            state["step"] = torch.tensor(0.0, dtype=torch.float32)
-            state["exp_avg"] = torch.zeros_like(p, dtype=_state_dtype(p), memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, dtype=_state_dtype(p), memory_format=torch.preserve_format)
-        return state
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        super().load_state_dict(state_dict)
-        _keep_fp32_state(self, state_dict)
+        super().__init__(params, defaults, foreach=foreach, check_group=_check_group)
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            for p in params:
-                if p.grad.is_sparse:
-                    raise RuntimeError("LAMB does not support sparse gradients")
-                self._init_state(p)["step"] += 1
-            if self.foreach:
-                self._step_foreach(group, params)
-            else:
-                self._step_reference(group, params)
-        return loss
+        return self._run_step(closure, "LAMB", count_first=True)
 
     @staticmethod
     def _bias_corrections(group: dict, t: int) -> tuple[float, float]:
@@ -122,7 +75,7 @@ class LAMB(torch.optim.Optimizer):
             state = self.state[p]
             m, v = state["exp_avg"], state["exp_avg_sq"]
             g = p.grad.to(m.dtype)
-            w = p.float() if p.dtype in _LOW_PRECISION else p  # fp32 working copy of a low-precision parameter
+            w = p.float() if p.dtype in LOW_PRECISION else p  # fp32 working copy of a low-precision parameter
             m.mul_(beta1).add_(g, alpha=1 - beta1)
             v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
             bc1, bc2 = self._bias_corrections(group, int(state["step"].item()))
@@ -140,12 +93,12 @@ class LAMB(torch.optim.Optimizer):
     def _step_foreach(self, group: dict, params: list) -> None:
         lr, eps, wd, clamp_value = group["lr"], group["eps"], group["weight_decay"], group["clamp_value"]
         beta1, beta2 = group["betas"]
-        key = lambda p: (p.device, _state_dtype(p), int(self.state[p]["step"].item()))  # noqa: E731
-        for (_, _, t), ps in _buckets(params, key).items():
+        key = lambda p: (p.device, state_dtype(p), int(self.state[p]["step"].item()))  # noqa: E731
+        for (_, _, t), ps in buckets(params, key).items():
             ms = [self.state[p]["exp_avg"] for p in ps]
             vs = [self.state[p]["exp_avg_sq"] for p in ps]
             gs = [p.grad.to(m.dtype) for p, m in zip(ps, ms)]
-            ws = [p.float() if p.dtype in _LOW_PRECISION else p for p in ps]
+            ws = [p.float() if p.dtype in LOW_PRECISION else p for p in ps]
             torch._foreach_mul_(ms, beta1)
             torch._foreach_add_(ms, gs, alpha=1 - beta1)
             torch._foreach_mul_(vs, beta2)
@@ -165,34 +118,8 @@ class LAMB(torch.optim.Optimizer):
             trust = torch.where((w_norms > 0) & (r_norms > 0), w_norms / r_norms, torch.ones_like(w_norms))
             torch._foreach_mul_(rs, list(trust.unbind()))
             torch._foreach_add_(ws, rs, alpha=-lr)
-            _write_back(ps, ws)
+            write_back(ps, ws)
 
-
-def _buckets(params: list, key) -> dict:
-    """Split tensors into lists that one foreach call can take (same device, dtype and step)."""
-    out: dict = {}
-    for p in params:
-        out.setdefault(key(p), []).append(p)
-    return out
-
-
-def _write_back(params: list, work: list) -> None:
-    for p, w in zip(params, work):
-        if w is not p:
-            p.copy_(w)
-
-
-def _keep_fp32_state(opt: torch.optim.Optimizer, state_dict: dict) -> None:
-    """torch's load_state_dict casts floating state to the parameter dtype; keep fp32 state for bf16/fp16 ones."""
-    ids = {i: p for saved, group in zip(state_dict["param_groups"], opt.param_groups)
-           for i, p in zip(saved["params"], group["params"])}
-    for i, saved in state_dict["state"].items():
-        p = ids.get(i)
-        if p is None or p.dtype not in _LOW_PRECISION:
-            continue
-        for key, value in saved.items():
-            if key != "step" and torch.is_tensor(value) and value.is_floating_point():
-                opt.state[p][key] = value.to(device=p.device, dtype=_state_dtype(p), copy=True)
 
 
 register(OptimizerSpec(

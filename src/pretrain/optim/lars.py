@@ -32,30 +32,17 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError, check_range
+from ..errors import ConfigError
+from ._common import FP32StateOptimizer, LOW_PRECISION, buckets, number, state_dtype, write_back
 from .registry import OptimizerSpec, register
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def _state_dtype(p: torch.Tensor) -> torch.dtype:
-    """Optimizer state is fp32 (fp64 for fp64 parameters)."""
-    return torch.promote_types(p.dtype, torch.float32)
-
-
-def _number(field: str, value, lo=None, hi=None, lo_open=False, hi_open=False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(field, f"must be a number, got {value!r}")
-    check_range(field, float(value), lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
-    return float(value)
 
 
 def _check_group(group: dict) -> None:
-    _number("optim.lr", group["lr"], lo=0.0)
-    _number("optim.momentum", group["momentum"], lo=0.0, hi=1.0, hi_open=True)
-    _number("optim.weight_decay", group["weight_decay"], lo=0.0)
-    _number("optim.trust_coefficient", group["trust_coefficient"], lo=0.0, lo_open=True)
-    _number("optim.eps", group["eps"], lo=0.0)
+    number("optim.lr", group["lr"], lo=0.0)
+    number("optim.momentum", group["momentum"], lo=0.0, hi=1.0, hi_open=True)
+    number("optim.weight_decay", group["weight_decay"], lo=0.0)
+    number("optim.trust_coefficient", group["trust_coefficient"], lo=0.0, lo_open=True)
+    number("optim.eps", group["eps"], lo=0.0)
     if not isinstance(group["exclude_vectors"], bool):
         raise ConfigError("optim.exclude_vectors", f"must be true or false, got {group['exclude_vectors']!r}")
 
@@ -65,53 +52,21 @@ def _excluded(group: dict, p: torch.Tensor) -> bool:
     return group["exclude_vectors"] and (group.get("kind") == "vector" or p.ndim < 2)
 
 
-class LARS(torch.optim.Optimizer):
+class LARS(FP32StateOptimizer):
     """LARS: SGD with momentum on the gradient (+ L2) rescaled per tensor by tc*||w|| / (||g|| + wd*||w|| + eps)."""
+
+    STATE_KEYS = ("momentum_buffer",)
 
     def __init__(self, params, lr: float = 1.0, momentum: float = 0.9, weight_decay: float = 5e-4,
                  trust_coefficient: float = 1e-3, eps: float = 1e-8, exclude_vectors: bool = True, *,
                  foreach: bool = True):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient,
                         eps=eps, exclude_vectors=exclude_vectors)
-        _check_group(defaults)
-        super().__init__(params, defaults)
-        for group in self.param_groups:
-            _check_group(group)
-        self.foreach = bool(foreach)
-
-    def _init_state(self, p: torch.Tensor) -> dict:
-        state = self.state[p]
-        if len(state) == 0:
-            state["step"] = torch.tensor(0.0, dtype=torch.float32)
-            state["momentum_buffer"] = torch.zeros_like(p, dtype=_state_dtype(p),
-                                                        memory_format=torch.preserve_format)
-        return state
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        super().load_state_dict(state_dict)
-        _keep_fp32_state(self, state_dict)
+        super().__init__(params, defaults, foreach=foreach, check_group=_check_group)
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            for p in params:
-                if p.grad.is_sparse:
-                    raise RuntimeError("LARS does not support sparse gradients")
-                self._init_state(p)
-            if self.foreach:
-                self._step_foreach(group, params)
-            else:
-                self._step_reference(group, params)
-            for p in params:
-                self.state[p]["step"] += 1
-        return loss
+        return self._run_step(closure, "LARS")
 
     def _step_reference(self, group: dict, params: list) -> None:
         lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
@@ -119,7 +74,7 @@ class LARS(torch.optim.Optimizer):
         for p in params:
             buf = self.state[p]["momentum_buffer"]
             g = p.grad.to(buf.dtype)
-            w = p.float() if p.dtype in _LOW_PRECISION else p  # fp32 working copy of a low-precision parameter
+            w = p.float() if p.dtype in LOW_PRECISION else p  # fp32 working copy of a low-precision parameter
             if _excluded(group, p):
                 d = g
             else:
@@ -135,11 +90,11 @@ class LARS(torch.optim.Optimizer):
     def _step_foreach(self, group: dict, params: list) -> None:
         lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
         tc, eps = group["trust_coefficient"], group["eps"]
-        key = lambda p: (p.device, _state_dtype(p), _excluded(group, p))  # noqa: E731
-        for (_, _, excluded), ps in _buckets(params, key).items():
+        key = lambda p: (p.device, state_dtype(p), _excluded(group, p))  # noqa: E731
+        for (_, _, excluded), ps in buckets(params, key).items():
             bufs = [self.state[p]["momentum_buffer"] for p in ps]
             gs = [p.grad.to(b.dtype) for p, b in zip(ps, bufs)]
-            ws = [p.float() if p.dtype in _LOW_PRECISION else p for p in ps]
+            ws = [p.float() if p.dtype in LOW_PRECISION else p for p in ps]
             if excluded:
                 ds = gs
             else:
@@ -152,34 +107,8 @@ class LARS(torch.optim.Optimizer):
             torch._foreach_mul_(bufs, mu)
             torch._foreach_add_(bufs, ds)
             torch._foreach_add_(ws, bufs, alpha=-lr)
-            _write_back(ps, ws)
+            write_back(ps, ws)
 
-
-def _buckets(params: list, key) -> dict:
-    """Split tensors into lists that one foreach call can take (same device and dtype, same treatment)."""
-    out: dict = {}
-    for p in params:
-        out.setdefault(key(p), []).append(p)
-    return out
-
-
-def _write_back(params: list, work: list) -> None:
-    for p, w in zip(params, work):
-        if w is not p:
-            p.copy_(w)
-
-
-def _keep_fp32_state(opt: torch.optim.Optimizer, state_dict: dict) -> None:
-    """torch's load_state_dict casts floating state to the parameter dtype; keep fp32 state for bf16/fp16 ones."""
-    ids = {i: p for saved, group in zip(state_dict["param_groups"], opt.param_groups)
-           for i, p in zip(saved["params"], group["params"])}
-    for i, saved in state_dict["state"].items():
-        p = ids.get(i)
-        if p is None or p.dtype not in _LOW_PRECISION:
-            continue
-        for key, value in saved.items():
-            if key != "step" and torch.is_tensor(value) and value.is_floating_point():
-                opt.state[p][key] = value.to(device=p.device, dtype=_state_dtype(p), copy=True)
 
 
 register(OptimizerSpec(

@@ -42,6 +42,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError, check_range
+from ._common import check_betas
 from .registry import OptimizerSpec, register
 
 BASES = ("sgd", "momentum", "adam")
@@ -56,11 +57,7 @@ def _validate(hp: dict) -> None:
     check_range("optim.phi", float(hp["phi"]), lo=0.0, hi=1.0, hi_open=True)
     check_range("optim.a_min", float(hp["a_min"]), lo=0.0, hi=1.0)
     check_range("optim.a_max", float(hp["a_max"]), lo=1.0)
-    betas = hp["betas"]
-    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
-        raise ConfigError("optim.betas", f"must be a pair (beta1, beta2), got {betas!r}")
-    for i, b in enumerate(betas):
-        check_range(f"optim.betas[{i}]", float(b), lo=0.0, hi=1.0, hi_open=True)
+    check_betas(hp["betas"], strict=False)
     check_range("optim.eps", float(hp["eps"]), lo=0.0)
     check_range("optim.momentum", float(hp["momentum"]), lo=0.0, hi=1.0, hi_open=True)
     check_range("optim.weight_decay", float(hp["weight_decay"]), lo=0.0)

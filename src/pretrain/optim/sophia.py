@@ -34,39 +34,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, check_range
+from ..errors import ConfigError
+from ._common import FP32StateOptimizer, LOW_PRECISION, buckets, check_betas, number, state_dtype, write_back
 from .registry import OptimizerSpec, register
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 _DENOM_EPS = 1e-15  # the official code's constant in rho * bs * h + 1e-15
-
-
-def _state_dtype(p: torch.Tensor) -> torch.dtype:
-    """Optimizer state is fp32 (fp64 for fp64 parameters)."""
-    return torch.promote_types(p.dtype, torch.float32)
-
-
-def _number(field: str, value, lo=None, hi=None, lo_open=False, hi_open=False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(field, f"must be a number, got {value!r}")
-    check_range(field, float(value), lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
-    return float(value)
 
 
 def _check_bs(bs) -> None:
     if bs is not None:
-        _number("optim.bs", bs, lo=0.0, lo_open=True)
+        number("optim.bs", bs, lo=0.0, lo_open=True)
 
 
 def _check_group(group: dict) -> None:
-    _number("optim.lr", group["lr"], lo=0.0)
-    _number("optim.rho", group["rho"], lo=0.0)
-    _number("optim.weight_decay", group["weight_decay"], lo=0.0)
-    betas = group["betas"]
-    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
-        raise ConfigError("optim.betas", f"must be a pair [beta1, beta2], got {betas!r}")
-    for i, b in enumerate(betas):
-        _number(f"optim.betas[{i}]", b, lo=0.0, hi=1.0, hi_open=True)
+    number("optim.lr", group["lr"], lo=0.0)
+    number("optim.rho", group["rho"], lo=0.0)
+    number("optim.weight_decay", group["weight_decay"], lo=0.0)
+    check_betas(group["betas"])
     _check_bs(group["bs"])
 
 
@@ -87,37 +71,23 @@ def gnb_sampled_loss(logits: torch.Tensor, *, mask: torch.Tensor | None = None,
     return F.cross_entropy(flat, labels)
 
 
-class Sophia(torch.optim.Optimizer):
+class Sophia(FP32StateOptimizer):
     """Sophia-G: momentum preconditioned by a periodic GNB diagonal Hessian estimate, clipped per coordinate."""
 
+    STATE_KEYS = ("exp_avg", "hessian")
     hessian_update_interval = 10  # class default; instances carry their own `k`
 
     def __init__(self, params, lr: float = 1e-4, betas=(0.965, 0.99), rho: float = 0.04,
                  weight_decay: float = 0.1, k: int = 10, bs: float | None = None, *, foreach: bool = True):
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, rho=rho,
                         weight_decay=weight_decay, bs=bs)
-        _check_group(defaults)
+        _check_group(defaults)  # a bad default is reported before a bad k (the base checks both again)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError("optim.k", f"the Hessian update interval must be an integer >= 1, got {k!r}")
-        super().__init__(params, defaults)
-        for group in self.param_groups:
-            _check_group(group)
+        super().__init__(params, defaults, foreach=foreach, check_group=_check_group)
         self.hessian_update_interval = k
-        self.foreach = bool(foreach)
         self._unclipped = None  # tensor: unclipped coordinates in the last step
         self._numel = 0
-
-    def _init_state(self, p: torch.Tensor) -> dict:
-        state = self.state[p]
-        if len(state) == 0:
-            state["step"] = torch.tensor(0.0, dtype=torch.float32)
-            state["exp_avg"] = torch.zeros_like(p, dtype=_state_dtype(p), memory_format=torch.preserve_format)
-            state["hessian"] = torch.zeros_like(p, dtype=_state_dtype(p), memory_format=torch.preserve_format)
-        return state
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        super().load_state_dict(state_dict)
-        _keep_fp32_state(self, state_dict)
 
     def metrics(self) -> dict:
         """{"sophia_unclipped_frac": fraction of coordinates not clipped in the last step} (empty before one)."""
@@ -135,7 +105,7 @@ class Sophia(torch.optim.Optimizer):
             for p in params:
                 self._init_state(p)
             if self.foreach:
-                for ps in _buckets(params, lambda p: (p.device, _state_dtype(p))).values():
+                for ps in buckets(params, lambda p: (p.device, state_dtype(p))).values():
                     hs = [self.state[p]["hessian"] for p in ps]
                     gs = [p.grad.to(h.dtype) for p, h in zip(ps, hs)]
                     torch._foreach_mul_(hs, beta2)
@@ -187,7 +157,7 @@ class Sophia(torch.optim.Optimizer):
             state = self.state[p]
             m, h = state["exp_avg"], state["hessian"]
             g = p.grad.to(m.dtype)
-            w = p.float() if p.dtype in _LOW_PRECISION else p  # fp32 working copy of a low-precision parameter
+            w = p.float() if p.dtype in LOW_PRECISION else p  # fp32 working copy of a low-precision parameter
             w.mul_(1 - lr * wd)
             m.mul_(beta1).add_(g, alpha=1 - beta1)
             ratio = m.abs() / (rho * bs * h + _DENOM_EPS)
@@ -201,11 +171,11 @@ class Sophia(torch.optim.Optimizer):
         lr, rho, wd = group["lr"], group["rho"], group["weight_decay"]
         beta1 = group["betas"][0]
         unclipped = 0
-        for ps in _buckets(params, lambda p: (p.device, _state_dtype(p))).values():
+        for ps in buckets(params, lambda p: (p.device, state_dtype(p))).values():
             ms = [self.state[p]["exp_avg"] for p in ps]
             hs = [self.state[p]["hessian"] for p in ps]
             gs = [p.grad.to(m.dtype) for p, m in zip(ps, ms)]
-            ws = [p.float() if p.dtype in _LOW_PRECISION else p for p in ps]
+            ws = [p.float() if p.dtype in LOW_PRECISION else p for p in ps]
             if wd != 0:
                 torch._foreach_mul_(ws, 1 - lr * wd)
             torch._foreach_mul_(ms, beta1)
@@ -216,35 +186,9 @@ class Sophia(torch.optim.Optimizer):
             unclipped = unclipped + sum((r < 1).sum() for r in ratios)
             torch._foreach_clamp_max_(ratios, 1.0)
             torch._foreach_addcmul_(ws, torch._foreach_sign(ms), ratios, value=-lr)
-            _write_back(ps, ws)
+            write_back(ps, ws)
         return unclipped
 
-
-def _buckets(params: list, key) -> dict:
-    """Split tensors into lists that one foreach call can take (same device and dtype)."""
-    out: dict = {}
-    for p in params:
-        out.setdefault(key(p), []).append(p)
-    return out
-
-
-def _write_back(params: list, work: list) -> None:
-    for p, w in zip(params, work):
-        if w is not p:
-            p.copy_(w)
-
-
-def _keep_fp32_state(opt: torch.optim.Optimizer, state_dict: dict) -> None:
-    """torch's load_state_dict casts floating state to the parameter dtype; keep fp32 state for bf16/fp16 ones."""
-    ids = {i: p for saved, group in zip(state_dict["param_groups"], opt.param_groups)
-           for i, p in zip(saved["params"], group["params"])}
-    for i, saved in state_dict["state"].items():
-        p = ids.get(i)
-        if p is None or p.dtype not in _LOW_PRECISION:
-            continue
-        for key, value in saved.items():
-            if key != "step" and torch.is_tensor(value) and value.is_floating_point():
-                opt.state[p][key] = value.to(device=p.device, dtype=_state_dtype(p), copy=True)
 
 
 register(OptimizerSpec(

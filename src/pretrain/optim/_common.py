@@ -1,0 +1,138 @@
+"""Helpers shared by the optimizers written in this package (adopt, lion, sophia, lamb, lars; the betas check
+also by hypergradient and rdbd). Registers no optimizer (the package's registration loop skips `_*` modules).
+
+- Precision: optimizer state is fp32 (fp64 for fp64 parameters, `state_dtype`); bf16/fp16 parameters
+  (`LOW_PRECISION`) are updated through an fp32 working copy that `write_back` copies into them.
+- Validation: `number` and `check_betas` raise `ConfigError` naming the field.
+- `FP32StateOptimizer`: the base class (validated groups, state creation, fp32 state through
+  `load_state_dict`, the step loop); `buckets` groups tensors for one foreach call.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError, check_range
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def state_dtype(p: torch.Tensor) -> torch.dtype:
+    """Optimizer state is fp32 (fp64 for fp64 parameters)."""
+    return torch.promote_types(p.dtype, torch.float32)
+
+
+def number(field: str, value, lo=None, hi=None, lo_open=False, hi_open=False) -> float:
+    """`value` as a float; ConfigError unless it is an int or float (not a bool) within the range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(field, f"must be a number, got {value!r}")
+    check_range(field, float(value), lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
+    return float(value)
+
+
+def check_betas(betas, *, strict: bool = True) -> None:
+    """`betas` must be a list or tuple of two numbers in [0, 1).
+
+    strict=True (adopt, lion, sophia, lamb): each beta goes through `number` (a bool or a string is refused as
+    "must be a number") and the error for a wrong shape names the pair "[beta1, beta2]". strict=False
+    (hypergradient, rdbd): each beta goes through `float()` then the range check, and the error names the pair
+    "(beta1, beta2)".
+    """
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+        pair = "[beta1, beta2]" if strict else "(beta1, beta2)"
+        raise ConfigError("optim.betas", f"must be a pair {pair}, got {betas!r}")
+    for i, b in enumerate(betas):
+        if strict:
+            number(f"optim.betas[{i}]", b, lo=0.0, hi=1.0, hi_open=True)
+        else:
+            check_range(f"optim.betas[{i}]", float(b), lo=0.0, hi=1.0, hi_open=True)
+
+
+def buckets(params: list, key) -> dict:
+    """Split tensors into lists that one foreach call can take: key(p) -> the tensors with that key (the key holds
+    the device and state dtype, and whatever else the caller's update must share: the step, the treatment)."""
+    out: dict = {}
+    for p in params:
+        out.setdefault(key(p), []).append(p)
+    return out
+
+
+def write_back(params: list, work: list) -> None:
+    """Copy each fp32 working copy into its low-precision parameter (a parameter updated in place is skipped)."""
+    for p, w in zip(params, work):
+        if w is not p:
+            p.copy_(w)
+
+
+class FP32StateOptimizer(torch.optim.Optimizer):
+    """Base of ADOPT, Lion, Sophia, LAMB and LARS: the parts of those optimizers that are the same.
+
+    - `__init__` validates the defaults with `check_group`, then every param group, and stores `foreach`
+      (`_step_foreach` when true, `_step_reference` when false).
+    - `_init_state(p)` creates a parameter's state on first use: `step` (0-dim fp32 CPU tensor) and one zero
+      tensor in `state_dtype(p)` per name in the class's `STATE_KEYS`, in that order.
+    - `load_state_dict` keeps that state fp32 for bf16/fp16 parameters (torch casts it to the parameter dtype).
+    - `_run_step(closure, name)` is the usual step loop. Each subclass still writes its own `step` (calling
+      `_run_step` or not): torch.compile keeps one cache per `step` function (see compiled.py).
+    """
+
+    STATE_KEYS: tuple[str, ...] = ()
+
+    def __init__(self, params, defaults: dict, *, foreach: bool, check_group) -> None:
+        check_group(defaults)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            check_group(group)
+        self.foreach = bool(foreach)
+
+    def _init_state(self, p: torch.Tensor) -> dict:
+        state = self.state[p]
+        if len(state) == 0:
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            for key in self.STATE_KEYS:
+                state[key] = torch.zeros_like(p, dtype=state_dtype(p), memory_format=torch.preserve_format)
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        ids = {i: p for saved, group in zip(state_dict["param_groups"], self.param_groups)
+               for i, p in zip(saved["params"], group["params"])}
+        for i, saved in state_dict["state"].items():
+            p = ids.get(i)
+            if p is None or p.dtype not in LOW_PRECISION:
+                continue
+            for key, value in saved.items():
+                if key != "step" and torch.is_tensor(value) and value.is_floating_point():
+                    self.state[p][key] = value.to(device=p.device, dtype=state_dtype(p), copy=True)
+
+    def _run_step(self, closure, name: str, *, count_first: bool = False):
+        """The body of `step(closure)` (called from the subclass's `step`, under its `torch.no_grad()`).
+
+        Evaluates the closure (with grad enabled), then for every param group: the parameters with a gradient
+        (a sparse one raises "`name` does not support sparse gradients"), `_init_state(p)` for each, and
+        `_step_foreach(group, params)` or `_step_reference(group, params)` as `foreach` says. Each parameter's
+        `step` counter goes up by one after the update (the update sees the number of calls before this one,
+        ADOPT's t), or with count_first=True before it, as its state is initialized (the update sees the number
+        of calls including this one, LAMB's t). Returns the closure's loss (None without a closure).
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"{name} does not support sparse gradients")
+                state = self._init_state(p)
+                if count_first:
+                    state["step"] += 1
+            if self.foreach:
+                self._step_foreach(group, params)
+            else:
+                self._step_reference(group, params)
+            if not count_first:
+                for p in params:
+                    self.state[p]["step"] += 1
+        return loss
