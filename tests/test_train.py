@@ -161,3 +161,13 @@ def test_autolrs_searches_each_stage_from_the_same_state(tmp_path):
     assert 1e-5 * (1 - 1e-9) <= r[1]["lr"] <= 1e-2 * (1 + 1e-9)
     ev = rows(run_dir, "eval")
     assert ev[-1]["val_loss"] < ev[0]["val_loss"]
+
+
+def test_compiled_optimizer_step_in_the_loop_matches_eager(tmp_path):
+    common = ["optim=lion", "optim.lr=3e-3", "train.steps=6", "train.eval_every=0"]
+    train_inprocess([f"run_dir={tmp_path / 'eager'}", "train.compile_optimizer=never"] + common)
+    train_inprocess([f"run_dir={tmp_path / 'compiled'}", "train.compile_optimizer=always"] + common)
+    a, b = rows(tmp_path / "eager"), rows(tmp_path / "compiled")
+    assert [r["step"] for r in b] == list(range(1, 7))
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-5)
+    assert [r["lr"] for r in b] == [r["lr"] for r in a]

@@ -62,7 +62,8 @@ class TrainConfig:
     save_every: int = 0  # 0: only at the end
     keep_checkpoints: int = 2  # newest N kept; 0 keeps all
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
-    compile: bool = False
+    compile: bool = False  # torch.compile the model
+    compile_optimizer: str = "auto"  # auto (where bench/ measured it pays, runs >= 500 steps) | always | never
     init_from: Optional[str] = None  # a checkpoint directory to branch from (e.g. a WSD cooldown)
     progress: bool = True
 
@@ -111,6 +112,7 @@ class RunConfig:
 CHOICES = {
     "data.source": ["stdlib", "text_files", "hub"],
     "train.precision": ["auto", "fp32", "bf16"],
+    "train.compile_optimizer": ["auto", "always", "never"],
     "clip.policy": ["none", "norm"],
     "scaling.batch_lr_rule": ["none", "linear", "sqrt"],
 }
@@ -215,6 +217,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.resume not in ("none", "auto") and not os.path.isdir(os.path.expanduser(cfg.resume)):
         raise ConfigError("resume", f"{cfg.resume!r} is neither 'none', 'auto' nor an existing checkpoint directory")
 
+    if t.compile_optimizer == "always":
+        from .optim.compiled import NOT_COMPILABLE
+        name = cfg.optim.get("name")
+        if name in NOT_COMPILABLE:
+            raise ConfigError("train.compile_optimizer", f"the step of {name!r} cannot be compiled: "
+                              f"{NOT_COMPILABLE[name]}", ["auto", "never"])
     for section, spec_fn, check in (("optim", optim_spec, validate_hparams), ("schedule", sched_spec, validate_kwargs)):
         block = dict(getattr(cfg, section))
         if "name" not in block:

@@ -136,6 +136,10 @@ def train(cfg: RunConfig, log=None) -> dict:
     optimizer, schedule = build_optimization(cfg, model, tokens_per_step)
     model, optimizer = accelerator.prepare(model, optimizer)
     inner = unwrap(optimizer)
+    if _compile_optimizer(cfg, inner, accelerator.distributed_type.value == "DEEPSPEED"):
+        from .optim.compiled import compile_step
+        compile_step(inner)
+        log("optimizer step compiled (train.compile_optimizer)")
     n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
     flops_tok = _flops_per_token(accelerator.unwrap_model(model).config, t.seq_len)
     peak = peak_flops(accelerator.device)
@@ -320,6 +324,17 @@ def train(cfg: RunConfig, log=None) -> dict:
     if cfg.log.wandb:
         accelerator.end_training()
     return {"run_dir": run_dir, "steps": t.steps, "val_loss": val_loss}
+
+
+def _compile_optimizer(cfg: RunConfig, inner, is_ds: bool) -> bool:
+    """always: compile; auto: where bench/optim_step.py measured the compiled step faster (COMPILE_PAYS) and the
+    run is long enough to repay the compile time; never under DeepSpeed (its engine calls the step)."""
+    from .optim import requires_closure
+    from .optim.compiled import COMPILE_PAYS
+    mode = cfg.train.compile_optimizer
+    if mode == "never" or is_ds or requires_closure(inner):
+        return False
+    return mode == "always" or (COMPILE_PAYS.get(cfg.optim["name"], False) and cfg.train.steps >= 500)
 
 
 def _check_deepspeed_support(cfg: RunConfig) -> None:
