@@ -81,18 +81,16 @@ def parse_kw(items: Sequence[str]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> Path:
     """Either a recipe with Hydra overrides (`recipe=1b_wsd schedule=wsd --out wsd.png`) or an explicit schedule
     (`--name wsd --peak-lr 3e-4 --steps 24000 --kw warmup_steps=2000 --out wsd.png`)."""
-    import sys
-    argv = list(sys.argv[1:] if argv is None else argv)
-    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
-    rest = [a for a in argv if a not in overrides]
     ap = argparse.ArgumentParser(prog="python -m pretrain.tools.plot_schedule", description=__doc__.splitlines()[0])
+    ap.add_argument("overrides", nargs="*", help="recipe=NAME and Hydra overrides (instead of --name ...)")
     ap.add_argument("--name", help="a registered schedule (pretrain.schedules.SCHEDULES)")
     ap.add_argument("--peak-lr", type=float)
     ap.add_argument("--steps", type=int, help="total_steps of the run")
     ap.add_argument("--kw", action="append", default=[], metavar="KEY=VALUE", help="schedule keyword, repeatable")
     ap.add_argument("--out", required=True, help="PNG file to write")
     ap.add_argument("--log-y", action="store_true")
-    args = ap.parse_args(rest)
+    args = ap.parse_intermixed_args(argv)
+    overrides = args.overrides
     if overrides or args.name is None:
         from pretrain.config import load_config, schedule_kwargs
         cfg = load_config(overrides)
