@@ -6,6 +6,8 @@ also by hypergradient and rdbd). Registers no optimizer (the package's registrat
 - Validation: `number` and `check_betas` raise `ConfigError` naming the field.
 - `FP32StateOptimizer`: the base class (validated groups, state creation, fp32 state through
   `load_state_dict`, the step loop); `buckets` groups tensors for one foreach call.
+- `step_scalars`: per-tensor scalars that depend on the step (bias corrections), tensors under torch.compile
+  (lamb, rdbd, hypergradient; see compiled.py).
 """
 from __future__ import annotations
 
@@ -56,6 +58,19 @@ def buckets(params: list, key) -> dict:
     return out
 
 
+def step_scalars(steps: list, fn) -> list:
+    """`fn(t)` for each tensor's step t (a 0-dim tensor or a Python int): the per-tensor scalars of a foreach call.
+
+    Eagerly t is a Python number, so the scalars are exactly the reference path's. Under torch.compile t is a 0-dim
+    fp64 tensor (fn must work on one: `1 - beta ** t`, `t ** e`): a Python number read from a tensor (`.item()`)
+    breaks the graph and is baked into it (a new graph every step), and a list of symbolic numbers (what Python-int
+    steps become) is not fused by Inductor (it falls back to the unfused aten::_foreach_* kernel).
+    """
+    if torch.compiler.is_compiling():
+        return [fn(t.double() if torch.is_tensor(t) else torch.scalar_tensor(t, dtype=torch.float64)) for t in steps]
+    return [fn(t.item() if torch.is_tensor(t) else t) for t in steps]
+
+
 def write_back(params: list, work: list) -> None:
     """Copy each fp32 working copy into its low-precision parameter (a parameter updated in place is skipped)."""
     for p, w in zip(params, work):
@@ -76,6 +91,9 @@ class FP32StateOptimizer(torch.optim.Optimizer):
     """
 
     STATE_KEYS: tuple[str, ...] = ()
+    # True where `_step_reference` reads the step as a Python number (`.item()`): a compiled step (compiled.py)
+    # then runs `_step_foreach`, which keeps it a tensor, even with foreach=False.
+    COMPILE_FOREACH = False
 
     def __init__(self, params, defaults: dict, *, foreach: bool, check_group) -> None:
         check_group(defaults)
@@ -109,10 +127,11 @@ class FP32StateOptimizer(torch.optim.Optimizer):
 
         Evaluates the closure (with grad enabled), then for every param group: the parameters with a gradient
         (a sparse one raises "`name` does not support sparse gradients"), `_init_state(p)` for each, and
-        `_step_foreach(group, params)` or `_step_reference(group, params)` as `foreach` says. Each parameter's
-        `step` counter goes up by one after the update (the update sees the number of calls before this one,
-        ADOPT's t), or with count_first=True before it, as its state is initialized (the update sees the number
-        of calls including this one, LAMB's t). Returns the closure's loss (None without a closure).
+        `_step_foreach(group, params)` or `_step_reference(group, params)` as `foreach` says (`_step_foreach` in
+        a compiled step where COMPILE_FOREACH). Each parameter's `step` counter goes up by one after the update
+        (the update sees the number of calls before this one, ADOPT's t), or with count_first=True before it, as
+        its state is initialized (the update sees the number of calls including this one, LAMB's t). Returns the
+        closure's loss (None without a closure).
         """
         loss = None
         if closure is not None:
@@ -128,7 +147,7 @@ class FP32StateOptimizer(torch.optim.Optimizer):
                 state = self._init_state(p)
                 if count_first:
                     state["step"] += 1
-            if self.foreach:
+            if self.foreach or (self.COMPILE_FOREACH and torch.compiler.is_compiling()):
                 self._step_foreach(group, params)
             else:
                 self._step_reference(group, params)

@@ -42,6 +42,7 @@ class ADOPT(FP32StateOptimizer):
     """ADOPT: momentum of the gradient normalized by the previous steps' second moment, clipped."""
 
     STATE_KEYS = ("exp_avg", "exp_avg_sq")
+    COMPILE_FOREACH = True  # the reference path reads the step with .item()
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.9999), eps: float = 1e-6,
                  weight_decay: float = 0.0, clip_exponent: float | None = 0.25, *, foreach: bool = True):
@@ -77,6 +78,8 @@ class ADOPT(FP32StateOptimizer):
                 p.copy_(w)
 
     def _step_foreach(self, group: dict, params: list) -> None:
+        if torch.compiler.is_compiling():
+            return self._step_compiling(group, params)
         lr, eps, wd, clip_exponent = group["lr"], group["eps"], group["weight_decay"], group["clip_exponent"]
         beta1, beta2 = group["betas"]
         key = lambda p: (p.device, state_dtype(p), int(self.state[p]["step"].item()))  # noqa: E731
@@ -103,6 +106,34 @@ class ADOPT(FP32StateOptimizer):
             torch._foreach_addcmul_(vs, gs, gs, value=1 - beta2)
             write_back(ps, ws)
 
+    def _step_compiling(self, group: dict, params: list) -> None:
+        """`_step_foreach` under torch.compile (compiled.py), where the step stays a 0-dim tensor.
+
+        Reading it as a Python number (`.item()`) breaks the graph and bakes the number into it: a new graph every
+        step. So here t is the step tensor (fp64 for the clip value t**clip_exponent) and the first call's "v
+        only" is a `torch.where` on t > 0, not a bucket. Written per tensor: Inductor fuses each tensor's update
+        into one loop either way.
+        """
+        lr, eps, wd, clip_exponent = group["lr"], group["eps"], group["weight_decay"], group["clip_exponent"]
+        beta1, beta2 = group["betas"]
+        for p in params:
+            state = self.state[p]
+            t = state["step"].double()
+            m, v = state["exp_avg"], state["exp_avg_sq"]
+            g = p.grad.to(v.dtype)
+            w = p.float() if p.dtype in LOW_PRECISION else p
+            started = t > 0
+            n = g / v.sqrt().clamp(min=eps)
+            if clip_exponent is not None:
+                c = t ** clip_exponent
+                n = torch.minimum(torch.maximum(n, -c), c)
+            if wd != 0:
+                w.mul_(torch.where(started, 1 - lr * wd, 1.0))
+            m.copy_(torch.where(started, m.lerp(n, 1 - beta1), m))
+            w.sub_(torch.where(started, lr * m, 0.0))
+            v.copy_(torch.where(started, v * beta2 + (1 - beta2) * g * g, g * g))
+            if w is not p:
+                p.copy_(w)
 
 
 register(OptimizerSpec(

@@ -13,9 +13,13 @@ How it works (torch 2.13; checked on CPU only):
   tensor lr used as a scalar stays a graph input. Outside the call `group["lr"]` is the schedule's float again:
   state_dict, logging and schedules see no difference. torch's own optimizers accept a tensor lr only with
   `capturable=True`; for them `capturable` is also set for the duration of the call.
-- ADOPT and LAMB read their step counter with `.item()` into Python numbers, which would recompile every
-  step: during a compiled call their update methods are replaced by tensor-step versions written below
-  (`_adopt_update`, `_lamb_update`; the change their modules need is in bench/README.md).
+- Step counters: under compile, reading a tensor as a Python number (`.item()`) is a graph break and bakes the
+  number into the graph (a new graph every step), and Inductor does not fuse a foreach op whose scalars are a
+  list of symbolic numbers (it falls back to the unfused aten::_foreach_* kernel). So the optimizers written
+  here turn the step into per-tensor scalars with `_common.step_scalars` (0-dim tensors while compiling: LAMB's,
+  rdbd's and adam_hd's bias corrections), ADOPT has a tensor-step update for compiling (`_step_compiling`), and
+  a compiled ADOPT or LAMB step takes the foreach path even with foreach=False (`COMPILE_FOREACH`: their
+  reference paths read the step with `.item()`).
 - The hypergradient optimizers' `group["hd_lr"]` (a float their step writes) is passed the same way as lr.
 - A call with a closure (line searches: `requires_closure`) runs the eager step.
 - Dynamo settings are patched around each call (`torch._dynamo.config.patch`), never set globally.
@@ -33,20 +37,19 @@ from typing import Any
 
 import torch
 
-from ._common import LOW_PRECISION
-
 # Measured on CPU with bench/optim_step.py (124M-parameter GPT, 1 thread, 2026-11-26; bench/README.md):
 # True where the compiled step took < 0.9x the eager one. In comments: step time / fused AdamW's, eager ->
-# compiled. The compile itself takes 10-300 s on 2 cores (once per run; inductor caches it on disk).
+# compiled; "after": `--optims adopt,lamb,rdbd,adam_hd --repeats 3` rerun after the step-counter change
+# (bench/README.md). The compile itself takes 10-400 s on 2 cores (once per run; inductor caches it on disk).
 COMPILE_PAYS: dict[str, bool] = {
     # written here
-    "adopt": True,  # 5.59 -> 1.23
+    "adopt": True,  # 5.59 -> 1.23 (after: 6.59 -> 1.40; the compiled update is the same code as before)
     "lion": True,  # 3.87 -> 0.91
     "sophia": True,  # 5.83 -> 1.00
     "lars": True,  # 5.03 -> 1.65
-    "lamb": True,  # 8.13 -> 4.12
-    "rdbd": True,  # 20.9 -> 7.79 (per-tensor bias-correction lists fall back to unfused aten::_foreach_div)
-    "adam_hd": False,  # 8.75 -> 8.00 (same fallback as rdbd)
+    "lamb": True,  # 8.13 -> 4.12 (after: 6.66 -> 3.77)
+    "rdbd": True,  # 20.9 -> 7.79; after (bias corrections as 0-dim tensors, no aten::_foreach_div): 24.1 -> 2.85
+    "adam_hd": True,  # 8.75 -> 8.00; after (as rdbd): 9.55 -> 3.97
     "sgd_hd": False,  # 1.55 -> 1.56
     "sgd_armijo": False,  # needs a closure
     "vsgd": False,  # needs a closure
@@ -97,90 +100,6 @@ def _raw_step(cls) -> Any:
     while hasattr(f, "__wrapped__"):
         f = f.__wrapped__
     return f
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Tensor-step paths. ADOPT and LAMB read their step counter with `.item()` (a data-dependent Python int: a
-# graph break) and turn it into Python floats (ADOPT's clip value t**0.25, LAMB's bias corrections), so every
-# step would compile anew. During a compiled call only, their update methods are replaced by the functions
-# below, which compute the same update with the step kept as a tensor (fp64 for the powers). They belong in
-# the optimizers' modules (as a `torch.compiler.is_compiling()` branch, the way torch's optimizers use
-# `_get_value`); see bench/README.md. tests/test_optim_compiled.py checks them against the eager path.
-
-def _work(p: torch.Tensor) -> torch.Tensor:
-    return p.float() if p.dtype in LOW_PRECISION else p
-
-
-def _adopt_update(opt, group: dict, params: list) -> None:
-    """pretrain.optim.adopt.ADOPT._step_foreach with the step as a tensor (t = calls before this one)."""
-    lr, eps, wd, clip_exponent = group["lr"], group["eps"], group["weight_decay"], group["clip_exponent"]
-    beta1, beta2 = group["betas"]
-    for p in params:
-        state = opt.state[p]
-        t = state["step"].double()
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        g = p.grad.to(v.dtype)
-        w = _work(p)
-        started = t > 0  # the first call only initializes v
-        n = g / v.sqrt().clamp(min=eps)
-        if clip_exponent is not None:
-            c = t ** clip_exponent
-            n = torch.minimum(torch.maximum(n, -c), c)
-        if wd != 0:
-            w.mul_(torch.where(started, 1 - lr * wd, 1.0))
-        m.copy_(torch.where(started, m.lerp(n, 1 - beta1), m))
-        w.sub_(torch.where(started, lr * m, 0.0))
-        v.copy_(torch.where(started, v * beta2 + (1 - beta2) * g * g, g * g))
-        if w is not p:
-            p.copy_(w)
-
-
-def _lamb_update(opt, group: dict, params: list) -> None:
-    """pretrain.optim.lamb.LAMB._step_foreach with the step as a tensor (t = calls including this one)."""
-    lr, eps, wd, clamp_value = group["lr"], group["eps"], group["weight_decay"], group["clamp_value"]
-    beta1, beta2 = group["betas"]
-    for p in params:
-        state = opt.state[p]
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        g = p.grad.to(m.dtype)
-        w = _work(p)
-        m.mul_(beta1).add_(g, alpha=1 - beta1)
-        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        if group["bias_correction"]:
-            t = state["step"].double()
-            r = (m / (1 - beta1 ** t)) / ((v / (1 - beta2 ** t)).sqrt() + eps)
-        else:
-            r = m / (v.sqrt() + eps)
-        if wd != 0:
-            r = r + wd * w
-        w_norm, r_norm = w.norm(), r.norm()
-        if clamp_value is not None:
-            w_norm = w_norm.clamp(max=clamp_value)
-        trust = torch.where((w_norm > 0) & (r_norm > 0), w_norm / r_norm, torch.ones_like(w_norm))
-        w.sub_(lr * trust * r)
-        if w is not p:
-            p.copy_(w)
-
-
-def _adapters() -> dict:
-    """Optimizer class -> tensor-step update used in place of its `_step_foreach` / `_step_reference`."""
-    from .adopt import ADOPT
-    from .lamb import LAMB
-    return {ADOPT: _adopt_update, LAMB: _lamb_update}
-
-
-def _install_adapter(optimizer) -> None:
-    update = next((f for cls, f in _adapters().items() if isinstance(optimizer, cls)), None)
-    if update is None:
-        return
-    for name in ("_step_foreach", "_step_reference"):
-        eager = getattr(optimizer, name)
-
-        def method(group, params, _eager=eager):
-            if torch.compiler.is_compiling():
-                return update(optimizer, group, params)
-            return _eager(group, params)
-        setattr(optimizer, name, method)
 
 
 class CompiledStep:
@@ -240,7 +159,6 @@ def compile_step(optimizer: torch.optim.Optimizer, **compile_kwargs) -> torch.op
     """
     if isinstance(getattr(optimizer, "step", None), CompiledStep):
         return optimizer
-    _install_adapter(optimizer)
     optimizer.step = CompiledStep(optimizer, **compile_kwargs)
     return optimizer
 
@@ -249,8 +167,6 @@ def uncompile_step(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """Back to the eager step."""
     if isinstance(optimizer.__dict__.get("step"), CompiledStep):
         del optimizer.step
-    for name in ("_step_foreach", "_step_reference"):
-        optimizer.__dict__.pop(name, None)
     return optimizer
 
 

@@ -47,7 +47,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError, check_range
-from ._common import check_betas
+from ._common import check_betas, step_scalars
 from .registry import OptimizerSpec, register
 
 
@@ -222,10 +222,13 @@ class AdamHD(_HypergradientOptimizer):
             return _sum([], params[0])
         states = [self.state[p] for p, _ in seen]
         if self.foreach:
-            v_hat = torch._foreach_div([s["exp_avg_sq"] for s in states], [1 - beta2 ** s["step"] for s in states])
+            steps = [s["step"] for s in states]
+            bc1 = step_scalars(steps, lambda t: 1 - beta1 ** t)
+            bc2 = step_scalars(steps, lambda t: 1 - beta2 ** t)
+            v_hat = torch._foreach_div([s["exp_avg_sq"] for s in states], bc2)
             torch._foreach_sqrt_(v_hat)
             torch._foreach_add_(v_hat, eps)
-            prev = torch._foreach_div([s["exp_avg"] for s in states], [1 - beta1 ** s["step"] for s in states])
+            prev = torch._foreach_div([s["exp_avg"] for s in states], bc1)
             torch._foreach_div_(prev, v_hat)
             del v_hat
         else:
@@ -258,10 +261,11 @@ class AdamHD(_HypergradientOptimizer):
         torch._foreach_add_(ms, grads, alpha=1 - beta1)
         torch._foreach_mul_(vs, beta2)
         torch._foreach_addcmul_(vs, grads, grads, value=1 - beta2)
-        v_hat = torch._foreach_div(vs, [1 - beta2 ** s["step"] for s in states])
+        steps = [s["step"] for s in states]
+        v_hat = torch._foreach_div(vs, step_scalars(steps, lambda t: 1 - beta2 ** t))
         torch._foreach_sqrt_(v_hat)
         torch._foreach_add_(v_hat, group["eps"])
-        update = torch._foreach_div(ms, [1 - beta1 ** s["step"] for s in states])
+        update = torch._foreach_div(ms, step_scalars(steps, lambda t: 1 - beta1 ** t))
         torch._foreach_div_(update, v_hat)
         del v_hat
         if wd != 0:

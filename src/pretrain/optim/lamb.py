@@ -31,7 +31,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from ._common import FP32StateOptimizer, LOW_PRECISION, buckets, check_betas, number, state_dtype, write_back
+from ._common import (FP32StateOptimizer, LOW_PRECISION, buckets, check_betas, number, state_dtype, step_scalars,
+                      write_back)
 from .registry import OptimizerSpec, register
 
 
@@ -50,6 +51,7 @@ class LAMB(FP32StateOptimizer):
     """LAMB: Adam direction plus decoupled weight decay, rescaled per tensor by the trust ratio ||p|| / ||r||."""
 
     STATE_KEYS = ("exp_avg", "exp_avg_sq")
+    COMPILE_FOREACH = True  # the reference path reads the step with .item()
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.01,
                  clamp_value: float | None = None, bias_correction: bool = True, *, foreach: bool = True):
@@ -62,7 +64,8 @@ class LAMB(FP32StateOptimizer):
         return self._run_step(closure, "LAMB", count_first=True)
 
     @staticmethod
-    def _bias_corrections(group: dict, t: int) -> tuple[float, float]:
+    def _bias_corrections(group: dict, t):
+        """(1 - beta1**t, 1 - beta2**t), or (1, 1) without bias correction; t a number or a tensor."""
         if not group["bias_correction"]:
             return 1.0, 1.0
         beta1, beta2 = group["betas"]
@@ -93,21 +96,22 @@ class LAMB(FP32StateOptimizer):
     def _step_foreach(self, group: dict, params: list) -> None:
         lr, eps, wd, clamp_value = group["lr"], group["eps"], group["weight_decay"], group["clamp_value"]
         beta1, beta2 = group["betas"]
-        key = lambda p: (p.device, state_dtype(p), int(self.state[p]["step"].item()))  # noqa: E731
-        for (_, _, t), ps in buckets(params, key).items():
-            ms = [self.state[p]["exp_avg"] for p in ps]
-            vs = [self.state[p]["exp_avg_sq"] for p in ps]
+        for ps in buckets(params, lambda p: (p.device, state_dtype(p))).values():
+            states = [self.state[p] for p in ps]
+            ms = [s["exp_avg"] for s in states]
+            vs = [s["exp_avg_sq"] for s in states]
             gs = [p.grad.to(m.dtype) for p, m in zip(ps, ms)]
             ws = [p.float() if p.dtype in LOW_PRECISION else p for p in ps]
             torch._foreach_mul_(ms, beta1)
             torch._foreach_add_(ms, gs, alpha=1 - beta1)
             torch._foreach_mul_(vs, beta2)
             torch._foreach_addcmul_(vs, gs, gs, value=1 - beta2)
-            bc1, bc2 = self._bias_corrections(group, t)
-            denom = torch._foreach_div(vs, bc2)
+            # (bc1, bc2) per tensor (steps differ where a parameter missed gradients); 0-dim tensors under compile
+            bcs = step_scalars([s["step"] for s in states], lambda t: self._bias_corrections(group, t))
+            denom = torch._foreach_div(vs, [bc2 for _, bc2 in bcs])
             torch._foreach_sqrt_(denom)
             torch._foreach_add_(denom, eps)
-            rs = torch._foreach_div(ms, bc1)
+            rs = torch._foreach_div(ms, [bc1 for bc1, _ in bcs])
             torch._foreach_div_(rs, denom)
             if wd != 0:
                 torch._foreach_add_(rs, ws, alpha=wd)
@@ -119,7 +123,6 @@ class LAMB(FP32StateOptimizer):
             torch._foreach_mul_(rs, list(trust.unbind()))
             torch._foreach_add_(ws, rs, alpha=-lr)
             write_back(ps, ws)
-
 
 
 register(OptimizerSpec(

@@ -42,7 +42,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError, check_range
-from ._common import check_betas
+from ._common import check_betas, step_scalars
 from .registry import OptimizerSpec, register
 
 BASES = ("sgd", "momentum", "adam")
@@ -217,10 +217,11 @@ class RDBD(torch.optim.Optimizer):
             torch._foreach_add_(ms, grads, alpha=1 - beta1)
             torch._foreach_mul_(vs, beta2)
             torch._foreach_addcmul_(vs, grads, grads, value=1 - beta2)
-            v_hat = torch._foreach_div(vs, [1 - beta2 ** s["step"] for s in states])
+            steps = [s["step"] for s in states]
+            v_hat = torch._foreach_div(vs, step_scalars(steps, lambda t: 1 - beta2 ** t))
             torch._foreach_sqrt_(v_hat)
             torch._foreach_add_(v_hat, group["eps"])
-            update = torch._foreach_div(ms, [1 - beta1 ** s["step"] for s in states])
+            update = torch._foreach_div(ms, step_scalars(steps, lambda t: 1 - beta1 ** t))
             torch._foreach_div_(update, v_hat)
             del v_hat
             torch._foreach_mul_(update, a_s)
