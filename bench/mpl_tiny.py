@@ -10,19 +10,21 @@ evaluated on the same validation set):
 2. fits the Multi-Power Law (`pretrain.schedules.mpl.fit`) to that seed's constant + cosine runs and
    predicts the held-out WSD run's final loss. Variants (all reported; the primary one, val_loss with
    skip_fraction 0.1, was fixed before any run): the validation loss, or the training loss (logged every
-   step) smoothed by a centered moving average of --smooth steps; skip_fraction 0.05 / 0.1 / 0.2 of the
-   post-warmup steps left out. The WSD run is never used to choose a variant: the tables also give each
+   step) smoothed by a centered moving average of --smooth steps (25 and 100); skip_fraction 0.05 / 0.1 / 0.2
+   of the post-warmup steps left out. The WSD run is never used to choose a variant: the tables also give each
    fit's error on its own training runs (constant + cosine), the only fair basis for choosing;
-3. fits the law once more to the constant + cosine runs of every seed together (val_loss, skip 0.1),
-   optimizes a schedule under it (`optimize_schedule`, same steps, peak and warmup), writes it to
-   <out>/mpl_schedule.json and trains it (`schedule=mpl schedule.path=...`) for every seed.
+3. fits the law once more to the constant + cosine runs of every seed together (each val_loss variant,
+   against the seeds' mean WSD final loss), optimizes a schedule under the primary one (`optimize_schedule`,
+   same steps, peak and warmup), writes it to <out>/mpl_schedule.json and trains it (`schedule=mpl
+   schedule.path=...`) for every seed.
 
 It prints markdown tables (prediction errors per seed and variant; final validation loss of every
 schedule per seed, mean +- sample std, and the paired difference to cosine) and writes <out>/results.json.
 Runs live in <out>/runs/<schedule>_T<steps>_s<seed>; a run whose metrics reach the last step (and whose
 overrides match) is reused, so an interrupted benchmark resumes where it stopped.
 
-    python bench/mpl_tiny.py                          # 3 seeds x 600 steps, 12 runs (~1-2 min each on 2 cores)
+    python bench/mpl_tiny.py                          # 3 seeds x 600 steps: 12 runs, 4-8 min each on 1 thread
+                                                      # of a shared 2-core machine, then ~10 min of fits
     python bench/mpl_tiny.py --seeds 0 --steps 300
     python bench/mpl_tiny.py --quick --out /tmp/mpl   # smoke mode: tiny model, 40 steps, 1 seed (~30 s)
 
@@ -34,7 +36,6 @@ import argparse
 import datetime
 import hashlib
 import json
-import math
 import os
 import platform
 import shutil
@@ -46,7 +47,7 @@ import warnings
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 for _k, _v in (("WANDB_MODE", "offline"), ("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"),
-               ("TOKENIZERS_PARALLELISM", "false")):
+               ("TOKENIZERS_PARALLELISM", "false"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
     os.environ.setdefault(_k, _v)
 
 import numpy as np  # noqa: E402
@@ -73,23 +74,28 @@ def parse_args(argv=None):
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     ap.add_argument("--steps", type=int, default=None, help="train.steps (default 600; 40 with --quick)")
     ap.add_argument("--eval-every", type=int, default=None, help="train.eval_every (default 20; 5 with --quick)")
-    ap.add_argument("--smooth", type=int, default=None,
-                    help="moving-average window (steps) of the training-loss fits (default 25; 5 with --quick)")
+    ap.add_argument("--smooth", default=None,
+                    help="comma-separated moving-average windows (steps) of the training-loss fits "
+                         "(default 25,100; 5 with --quick)")
     ap.add_argument("--out", default=None, help="work dir (default runs/bench/mpl_tiny, git-ignored)")
     ap.add_argument("--iters", type=int, default=None, help="optimize_schedule iterations (default 5000)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke mode: tests' small model, 40 steps, warmup 4, seed 0 unless --seeds is given")
     ap.add_argument("--json", default=None, help="results file (default <out>/results.json)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (default 1: on a shared 2-core machine two threads that wait "
+                         "on each other make a step 10x slower)")
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds = args.seeds if "--seeds" in (argv if argv is not None else sys.argv) else "0"
     args.seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
     args.steps = args.steps or (40 if args.quick else 600)
     args.eval_every = args.eval_every or (5 if args.quick else 20)
-    args.smooth = args.smooth or (5 if args.quick else 25)
+    args.smooth = [int(w) for w in str(args.smooth or ("5" if args.quick else "25,100")).split(",") if w.strip()]
     args.iters = args.iters or (300 if args.quick else 5000)
     args.warmup = 4 if args.quick else WARMUP
-    args.out = os.path.abspath(args.out or os.path.join(ROOT, "runs", "bench", "mpl_tiny" + ("_quick" if args.quick else "")))
+    default_out = os.path.join(ROOT, "runs", "bench", "mpl_tiny" + ("_quick" if args.quick else ""))
+    args.out = os.path.abspath(args.out or default_out)
     args.json = args.json or os.path.join(args.out, "results.json")
     return args
 
@@ -104,6 +110,7 @@ def run_overrides(args, schedule: list[str], seed: int, run_dir: str) -> list[st
         f"seed={seed}", f"data.split_seed={SPLIT_SEED}", f"optim.lr={PEAK_LR}", f"schedule.warmup_steps={args.warmup}",
         f"train.steps={args.steps}", f"train.eval_every={args.eval_every}",
         f"train.eval_batches={4 if args.quick else 8}", "train.progress=false", "log.log_every=1",
+        "train.compile_optimizer=never",  # the eager step in every run (auto compiles AdamW from 500 steps)
         f"run_dir={run_dir}",
     ]
 
@@ -171,7 +178,7 @@ def variants(args) -> dict:
     """name -> (key, smooth, skip_fraction)."""
     skips = (0.1,) if args.quick else (0.05, 0.1, 0.2)
     out = {}
-    for key, smooth in (("val_loss", None), ("loss", args.smooth)):
+    for key, smooth in [("val_loss", None)] + [("loss", w) for w in args.smooth]:
         for skip in skips:
             out[f"{'val_loss' if key == 'val_loss' else f'train_loss_ma{smooth}'}/skip{skip:g}"] = (key, smooth, skip)
     return out
@@ -265,17 +272,23 @@ def tables(res: dict) -> str:
                      + f" | {pct(v['fit_mare_mean'], False)} | {pct(v['wsd_curve_mare_mean'], False)} |")
     tr = {n: v for n, v in res["prediction"].items() if "abs_err_train_mean" in v}
     if tr:
-        lines += ["", "Training-loss fits against the WSD run's own training loss (mean of the last "
-                  f"{res['settings']['smooth']} per-step losses):", "",
+        lines += ["", "Training-loss fits against the WSD run's own training loss (mean of its last W per-step "
+                  "losses against the mean prediction there, W = the fit's smoothing window):", "",
                   "| fit variant | " + " | ".join(f"seed {s}" for s in seeds) + " | mean abs err +- std |",
                   "|---|" + "---:|" * (len(seeds) + 1)]
         for name, v in tr.items():
             per = [v["per_seed"][str(s)] for s in seeds]
             lines.append(f"| {name} | " + " | ".join(pct(p["rel_err_train"]) for p in per)
                          + f" | {pct(v['abs_err_train_mean'], False)} +- {pct(v['abs_err_train_std'], False)} |")
-    pooled = res["pooled_fit"]
-    lines += ["", f"Pooled fit ({pooled['variant']}, constant + cosine of all seeds): WSD final val loss predicted "
-              f"{pooled['wsd_pred']:.4f}, observed mean {pooled['wsd_obs_mean']:.4f} ({pct(pooled['rel_err'])}).", ""]
+    lines += ["", "Pooled fits (constant + cosine of every seed together) against the mean over seeds of the WSD "
+              "runs' final validation loss:", "",
+              "| fit variant | predicted | observed mean | error | fit mean abs rel err (const+cos) |",
+              "|---|---:|---:|---:|---:|"]
+    for name, v in res["pooled_fits"].items():
+        star = " (primary; the schedule below is optimized under it)" if name == res["primary_variant"] else ""
+        lines.append(f"| {name}{star} | {v['wsd_pred']:.4f} | {v['wsd_obs_mean']:.4f} | {pct(v['rel_err'])} "
+                     f"| {pct(v['fit_mare'], False)} |")
+    lines.append("")
 
     sch = res["schedule"]
     lines += ["### Final validation loss per schedule", "",
@@ -300,6 +313,8 @@ def tables(res: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    import torch
+    torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     t_start = time.time()
     print(f"MPL tiny benchmark: seeds {args.seeds}, {args.steps} steps, peak {PEAK_LR}, warmup {args.warmup}, "
@@ -327,21 +342,29 @@ def main(argv=None) -> int:
         if key != "val_loss":
             v["abs_err_train_mean"], v["abs_err_train_std"] = mean_std(abs(p["rel_err_train"]) for p in per.values())
         prediction[vname] = v
-        print(f"  {vname}: WSD final val loss rel err " + ", ".join(pct(p["rel_err"]) for p in per.values()), flush=True)
+        print(f"  {vname}: WSD final val loss rel err " + ", ".join(pct(p["rel_err"]) for p in per.values()),
+              flush=True)
 
     # 3. pooled fit (every seed's constant + cosine), optimized schedule, MPL runs
     from pretrain.schedules.mpl import compare_final, fit, optimize_schedule, predict, save_schedule
 
-    key, smooth, skip = variants(args)[PRIMARY]
     fit_dirs = [runs[n][s]["run_dir"] for s in args.seeds for n in ("constant", "cosine")]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        params, report = fit(load(fit_dirs, key, smooth), skip_fraction=skip)
     wsd_runs = load([runs["wsd"][s]["run_dir"] for s in args.seeds], "val_loss", None)
-    wsd_pred = float(predict(params, wsd_runs[0].lrs, wsd_runs[0].warmup_steps, at_steps=[wsd_runs[0].steps[-1]])[0])
     wsd_obs = statistics.fmean(float(r.losses[-1]) for r in wsd_runs)
-    pooled = {"variant": PRIMARY, "params": params.to_dict(), "fit_mare": report["train"]["all"]["mare"],
-              "wsd_pred": wsd_pred, "wsd_obs_mean": wsd_obs, "rel_err": (wsd_pred - wsd_obs) / wsd_obs}
+    pooled_fits = {}
+    for vname, (key, smooth, skip) in variants(args).items():
+        if key != "val_loss":
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            p, report = fit(load(fit_dirs, key, smooth), skip_fraction=skip)
+        w = wsd_runs[0]  # every seed's WSD run has the same lrs
+        wsd_pred = float(predict(p, w.lrs, w.warmup_steps, at_steps=[w.steps[-1]])[0])
+        pooled_fits[vname] = {"variant": vname, "params": p.to_dict(), "fit_mare": report["train"]["all"]["mare"],
+                              "wsd_pred": wsd_pred, "wsd_obs_mean": wsd_obs, "rel_err": (wsd_pred - wsd_obs) / wsd_obs}
+        if vname == PRIMARY:
+            params = p
+    pooled = pooled_fits[PRIMARY]
 
     print("optimizing the schedule ...", flush=True)
     lrs = optimize_schedule(params, total_steps=args.steps, peak_lr=PEAK_LR, warmup_steps=args.warmup, iters=args.iters)
@@ -371,7 +394,8 @@ def main(argv=None) -> int:
         if name != "cosine":
             d = [(runs[name][s]["final_val_loss"] - runs["cosine"][s]["final_val_loss"])
                  / runs["cosine"][s]["final_val_loss"] for s in args.seeds]
-            final[name]["vs_cosine"] = dict(zip(("mean", "std"), mean_std(d)), per_seed=dict(zip(map(str, args.seeds), d)))
+            final[name]["vs_cosine"] = dict(zip(("mean", "std"), mean_std(d)),
+                                            per_seed=dict(zip(map(str, args.seeds), d)))
     d = [(runs["mpl"][s]["final_val_loss"] - runs["wsd"][s]["final_val_loss"]) / runs["wsd"][s]["final_val_loss"]
          for s in args.seeds]
     final["mpl"]["vs_wsd"] = dict(zip(("mean", "std"), mean_std(d)), per_seed=dict(zip(map(str, args.seeds), d)))
@@ -379,8 +403,9 @@ def main(argv=None) -> int:
     res = {
         "settings": {"seeds": args.seeds, "steps": args.steps, "peak_lr": PEAK_LR, "warmup_steps": args.warmup,
                      "eval_every": args.eval_every, "eval_batches": 4 if args.quick else 8, "smooth": args.smooth,
-                     "split_seed": SPLIT_SEED, "quick": args.quick, "optimize_iters": args.iters,
-                     "schedules": {n: ov for n, ov in SCHEDULES.items()}, "model_overrides": QUICK if args.quick else []},
+                     "split_seed": SPLIT_SEED, "quick": args.quick, "threads": args.threads,
+                     "optimize_iters": args.iters, "schedules": {n: ov for n, ov in SCHEDULES.items()},
+                     "model_overrides": QUICK if args.quick else []},
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                     "date": datetime.datetime.now().isoformat(timespec="seconds")},
         "runs": {n: {str(s): {"run_dir": os.path.relpath(r["run_dir"], args.out), "final_val_loss": r["final_val_loss"],
@@ -389,6 +414,7 @@ def main(argv=None) -> int:
         "primary_variant": PRIMARY,
         "prediction": prediction,
         "pooled_fit": pooled,
+        "pooled_fits": pooled_fits,
         "schedule": schedule,
         "final_val_loss": final,
         "runtime_s": time.time() - t_start,
