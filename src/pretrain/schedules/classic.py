@@ -130,15 +130,12 @@ class ConstantSchedule(Schedule):
         return self.peak_lr * f
 
 
-class LinearSchedule(Schedule):
-    """Warmup, then a straight line from the peak at step W to `min_lr_ratio * peak` at `total_steps`.
+class _WarmupDecaySchedule(Schedule):
+    """Linear warmup to the peak, then `decay_shape` from step W to `min_lr_ratio * peak` at `total_steps`."""
 
-    With m = 0 this is transformers' `get_linear_schedule_with_warmup` value for value.
-    """
+    shape = "linear"
 
-    name = "linear"
-
-    def __init__(self, peak_lr: float, total_steps: int, warmup_steps: int = 100, min_lr_ratio: float = 0.0):
+    def __init__(self, peak_lr: float, total_steps: int, warmup_steps: int, min_lr_ratio: float):
         super().__init__(peak_lr, total_steps)
         self.warmup_steps = check_int("schedule.warmup_steps", warmup_steps)
         self.min_lr_ratio = check_ratio("schedule.min_lr_ratio", min_lr_ratio)
@@ -150,10 +147,24 @@ class LinearSchedule(Schedule):
         if s < W:
             return self.peak_lr * warmup_factor(s, W)
         q = (s - W) / max(1, T - W)
-        return self.peak_lr * (m + (1.0 - m) * decay_curve(q, "linear"))
+        return self.peak_lr * (m + (1.0 - m) * decay_curve(q, self.shape))
 
 
-class CosineSchedule(Schedule):
+class LinearSchedule(_WarmupDecaySchedule):
+    """Warmup, then a straight line from the peak at step W to `min_lr_ratio * peak` at `total_steps`.
+
+    With m = 0 this is transformers' `get_linear_schedule_with_warmup` value for value.
+    """
+
+    name = "linear"
+
+    shape = "linear"
+
+    def __init__(self, peak_lr: float, total_steps: int, warmup_steps: int = 100, min_lr_ratio: float = 0.0):
+        super().__init__(peak_lr, total_steps, warmup_steps, min_lr_ratio)
+
+
+class CosineSchedule(_WarmupDecaySchedule):
     """Warmup, then a half cosine from the peak at step W to `min_lr_ratio * peak` at `total_steps`.
 
     transformers' `get_cosine_with_min_lr_schedule_with_warmup(min_lr_rate=m)` value for value
@@ -162,19 +173,10 @@ class CosineSchedule(Schedule):
 
     name = "cosine"
 
-    def __init__(self, peak_lr: float, total_steps: int, warmup_steps: int = 100, min_lr_ratio: float = 0.1):
-        super().__init__(peak_lr, total_steps)
-        self.warmup_steps = check_int("schedule.warmup_steps", warmup_steps)
-        self.min_lr_ratio = check_ratio("schedule.min_lr_ratio", min_lr_ratio)
-        check_phases(self.total_steps, self.warmup_steps)
+    shape = "cosine"
 
-    def lr(self, step: int) -> float:
-        s = min(check_step(step), self.total_steps)
-        W, T, m = self.warmup_steps, self.total_steps, self.min_lr_ratio
-        if s < W:
-            return self.peak_lr * warmup_factor(s, W)
-        q = (s - W) / max(1, T - W)
-        return self.peak_lr * (m + (1.0 - m) * decay_curve(q, "cosine"))
+    def __init__(self, peak_lr: float, total_steps: int, warmup_steps: int = 100, min_lr_ratio: float = 0.1):
+        super().__init__(peak_lr, total_steps, warmup_steps, min_lr_ratio)
 
 
 class StepSchedule(Schedule):
