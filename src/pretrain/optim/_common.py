@@ -155,3 +155,22 @@ class FP32StateOptimizer(torch.optim.Optimizer):
                 for p in params:
                     self.state[p]["step"] += 1
         return loss
+
+
+def adam_direction_foreach(states, grads, betas, eps):
+    """Multi-tensor Adam moments update and bias-corrected direction m_hat / (sqrt(v_hat) + eps), for states
+    holding exp_avg, exp_avg_sq and an already incremented step (shared by Adam-HD and RDBD's adam base)."""
+    beta1, beta2 = betas
+    ms = [s["exp_avg"] for s in states]
+    vs = [s["exp_avg_sq"] for s in states]
+    torch._foreach_mul_(ms, beta1)
+    torch._foreach_add_(ms, grads, alpha=1 - beta1)
+    torch._foreach_mul_(vs, beta2)
+    torch._foreach_addcmul_(vs, grads, grads, value=1 - beta2)
+    steps = [s["step"] for s in states]
+    v_hat = torch._foreach_div(vs, step_scalars(steps, lambda t: 1 - beta2 ** t))
+    torch._foreach_sqrt_(v_hat)
+    torch._foreach_add_(v_hat, eps)
+    update = torch._foreach_div(ms, step_scalars(steps, lambda t: 1 - beta1 ** t))
+    torch._foreach_div_(update, v_hat)
+    return update

@@ -47,7 +47,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError, check_range
-from ._common import check_betas, step_scalars
+from ._common import adam_direction_foreach, check_betas, step_scalars
 from .registry import OptimizerSpec, register
 
 
@@ -250,24 +250,11 @@ class AdamHD(_HypergradientOptimizer):
             p.add_(u, alpha=-lr_t)
 
     def _update_foreach(self, group, params, grads, lr_t):
-        beta1, beta2 = group["betas"]
         wd = group["weight_decay"]
         states = [self.state[p] for p in params]
         for s in states:
             s["step"] += 1
-        ms = [s["exp_avg"] for s in states]
-        vs = [s["exp_avg_sq"] for s in states]
-        torch._foreach_mul_(ms, beta1)
-        torch._foreach_add_(ms, grads, alpha=1 - beta1)
-        torch._foreach_mul_(vs, beta2)
-        torch._foreach_addcmul_(vs, grads, grads, value=1 - beta2)
-        steps = [s["step"] for s in states]
-        v_hat = torch._foreach_div(vs, step_scalars(steps, lambda t: 1 - beta2 ** t))
-        torch._foreach_sqrt_(v_hat)
-        torch._foreach_add_(v_hat, group["eps"])
-        update = torch._foreach_div(ms, step_scalars(steps, lambda t: 1 - beta1 ** t))
-        torch._foreach_div_(update, v_hat)
-        del v_hat
+        update = adam_direction_foreach(states, grads, group["betas"], group["eps"])
         if wd != 0:
             torch._foreach_mul_(params, 1 - lr_t * wd)
         torch._foreach_add_(params, update, alpha=-lr_t)

@@ -42,7 +42,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError, check_range
-from ._common import check_betas, step_scalars
+from ._common import adam_direction_foreach, check_betas
 from .registry import OptimizerSpec, register
 
 BASES = ("sgd", "momentum", "adam")
@@ -210,20 +210,7 @@ class RDBD(torch.optim.Optimizer):
             torch._foreach_add_(bufs, grads)
             update = torch._foreach_mul(a_s, bufs)
         else:
-            beta1, beta2 = group["betas"]
-            ms = [s["exp_avg"] for s in states]
-            vs = [s["exp_avg_sq"] for s in states]
-            torch._foreach_mul_(ms, beta1)
-            torch._foreach_add_(ms, grads, alpha=1 - beta1)
-            torch._foreach_mul_(vs, beta2)
-            torch._foreach_addcmul_(vs, grads, grads, value=1 - beta2)
-            steps = [s["step"] for s in states]
-            v_hat = torch._foreach_div(vs, step_scalars(steps, lambda t: 1 - beta2 ** t))
-            torch._foreach_sqrt_(v_hat)
-            torch._foreach_add_(v_hat, group["eps"])
-            update = torch._foreach_div(ms, step_scalars(steps, lambda t: 1 - beta1 ** t))
-            torch._foreach_div_(update, v_hat)
-            del v_hat
+            update = adam_direction_foreach(states, grads, group["betas"], group["eps"])
             torch._foreach_mul_(update, a_s)
         # 6. step
         if wd != 0:
