@@ -8,6 +8,7 @@ checkpoint. The optimizer's needs are asked from the optimizer object (`requires
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -141,7 +142,8 @@ def train(cfg: RunConfig, log=None) -> dict:
         compile_step(inner)
         log("optimizer step compiled (train.compile_optimizer)")
     n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
-    flops_tok = _flops_per_token(accelerator.unwrap_model(model).config, t.seq_len)
+    from .model import flops_per_token
+    flops_tok = flops_per_token(accelerator.unwrap_model(model).config, t.seq_len)
     peak = peak_flops(accelerator.device)
     fwd_model = torch.compile(model) if t.compile else model
 
@@ -194,7 +196,7 @@ def train(cfg: RunConfig, log=None) -> dict:
         total = 0.0
         for i in range(accum):
             b = micro(step, i)
-            ctx = accelerator.no_sync(model) if i < accum - 1 else _null()
+            ctx = accelerator.no_sync(model) if i < accum - 1 else contextlib.nullcontext()
             with ctx:
                 loss = fwd_model(input_ids=b, labels=b).loss
                 accelerator.backward(loss)
@@ -206,7 +208,7 @@ def train(cfg: RunConfig, log=None) -> dict:
         optimizer.zero_grad(set_to_none=True)
         for i in range(accum):
             b = micro(step, i)
-            ctx = accelerator.no_sync(model) if i < accum - 1 else _null()
+            ctx = accelerator.no_sync(model) if i < accum - 1 else contextlib.nullcontext()
             with ctx:
                 # accelerator.backward divides by the accumulation steps: the estimate is of the mean loss
                 accelerator.backward(gnb_sampled_loss(fwd_model(input_ids=b).logits))
@@ -382,16 +384,3 @@ def _restore(accelerator, model, optimizer, loader, step, snap) -> None:
     random.setstate(snap["rng"][2])
     if snap["rng"][3] is not None:
         torch.cuda.set_rng_state_all(snap["rng"][3])
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-def _flops_per_token(config, seq_len):
-    from .model import flops_per_token
-    return flops_per_token(config, seq_len)
