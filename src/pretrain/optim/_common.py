@@ -67,7 +67,16 @@ def step_scalars(steps: list, fn) -> list:
     steps become) is not fused by Inductor (it falls back to the unfused aten::_foreach_* kernel).
     """
     if torch.compiler.is_compiling():
-        return [fn(t.double() if torch.is_tensor(t) else torch.scalar_tensor(t, dtype=torch.float64)) for t in steps]
+        out = [fn(t.double() if torch.is_tensor(t) else torch.scalar_tensor(t, dtype=torch.float64)) for t in steps]
+        # One stacked buffer: Inductor computes each scalar once, and each tensor's update loop loads it. Left as
+        # separate 0-dim values, the scalar math (a pow) is inlined into the update loop and recomputed at every
+        # vector iteration (the loop reloads the step: it cannot prove that the outputs do not alias it), which
+        # made compiled ADOPT 1.45x, not 1.0x, torch's fused AdamW.
+        if out and all(torch.is_tensor(x) for x in out):
+            return list(torch.stack(out).unbind(0))
+        if out and all(isinstance(x, tuple) and all(torch.is_tensor(y) for y in x) for x in out):  # LAMB's pairs
+            return list(zip(*(torch.stack(col).unbind(0) for col in zip(*out))))
+        return out
     return [fn(t.item() if torch.is_tensor(t) else t) for t in steps]
 
 
@@ -141,6 +150,10 @@ class FP32StateOptimizer(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
+            # Whether each parameter's state is created by this call (its step is 0): a Python fact, fixed in a
+            # compiled step's graph (dynamo guards on the state dict, so the first call has its own graph), which
+            # `_step_compiling` may use to leave the first-call branch out of the later calls' update loops.
+            self._fresh = [len(self.state[p]) == 0 for p in params]
             for p in params:
                 if p.grad.is_sparse:
                     raise RuntimeError(f"{name} does not support sparse gradients")

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import torch
 
-from ._common import FP32StateOptimizer, LOW_PRECISION, buckets, check_betas, number, state_dtype, write_back
+from ._common import (FP32StateOptimizer, LOW_PRECISION, buckets, check_betas, number, state_dtype, step_scalars,
+                      write_back)
 from .registry import OptimizerSpec, register
 
 
@@ -110,31 +111,34 @@ class ADOPT(FP32StateOptimizer):
         """`_step_foreach` under torch.compile (compiled.py), where the step stays a 0-dim tensor.
 
         Reading it as a Python number (`.item()`) breaks the graph and bakes the number into it: a new graph every
-        step. So here t is the step tensor (fp64 for the clip value t**clip_exponent) and the first call's "v
-        only" is a `torch.where` on t > 0, not a bucket. Written per tensor: Inductor fuses each tensor's update
+        step. So here the clip values t**clip_exponent come from `step_scalars` (fp64, one stacked buffer), and the
+        first call's "v only" branch is taken for the parameters whose state this call created (`self._fresh`,
+        a Python fact at trace time: the first call and the later ones compile to different graphs, and the
+        later ones' loops carry no first-call select). Written per tensor: Inductor fuses each tensor's update
         into one loop either way.
         """
         lr, eps, wd, clip_exponent = group["lr"], group["eps"], group["weight_decay"], group["clip_exponent"]
         beta1, beta2 = group["betas"]
-        for p in params:
+        steps = [self.state[p]["step"] for p in params]
+        clips = step_scalars(steps, lambda t: t ** clip_exponent) if clip_exponent is not None else steps
+        for p, fresh, c in zip(params, self._fresh, clips):
             state = self.state[p]
-            t = state["step"].double()
             m, v = state["exp_avg"], state["exp_avg_sq"]
             g = p.grad.to(v.dtype)
+            if fresh:  # first call: initialize the second moment only
+                v.copy_(g * g)
+                continue
             w = p.float() if p.dtype in LOW_PRECISION else p
-            started = t > 0
             n = g / v.sqrt().clamp(min=eps)
             if clip_exponent is not None:
-                c = t ** clip_exponent
                 n = torch.minimum(torch.maximum(n, -c), c)
             if wd != 0:
-                w.mul_(torch.where(started, 1 - lr * wd, 1.0))
-            m.copy_(torch.where(started, m.lerp(n, 1 - beta1), m))
-            w.sub_(torch.where(started, lr * m, 0.0))
-            v.copy_(torch.where(started, v * beta2 + (1 - beta2) * g * g, g * g))
+                w.mul_(1 - lr * wd)
+            m.lerp_(n, 1 - beta1)
+            w.sub_(lr * m)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
             if w is not p:
                 p.copy_(w)
-
 
 register(OptimizerSpec(
     "adopt", lambda groups, hp: ADOPT(groups, **hp),
