@@ -14,16 +14,21 @@ evaluated on the same validation set):
    of the post-warmup steps left out. The WSD run is never used to choose a variant: the tables also give each
    fit's error on its own training runs (constant + cosine), the only fair basis for choosing;
 3. fits the law once more to the constant + cosine runs of every seed together (each val_loss variant,
-   against the seeds' mean WSD final loss), optimizes a schedule under the primary one (`optimize_schedule`,
-   same steps, peak and warmup), writes it to <out>/mpl_schedule.json and trains it (`schedule=mpl
-   schedule.path=...`) for every seed.
+   against each seed's WSD final loss and their mean), optimizes a schedule under the primary one
+   (`optimize_schedule`, same steps, peak and warmup), writes it to <out>/mpl_schedule.json and trains it
+   (`schedule=mpl schedule.path=...`) for every seed ("mpl", round 1);
+4. round 2: refits the law (primary variant) on every run trained so far, constant + cosine + WSD + round-1
+   MPL of every seed, optimizes again, writes <out>/mpl_schedule_round2.json and trains it for every seed
+   ("mpl_r2"). The round-1 law, fitted on constant + cosine only, predicts its own schedule 2.8% too low
+   (it has seen no late decay); round 2 is the same fit-optimize step with those runs added.
 
 It prints markdown tables (prediction errors per seed and variant; final validation loss of every
-schedule per seed, mean +- sample std, and the paired difference to cosine) and writes <out>/results.json.
+schedule per seed, mean +- sample std, and the paired differences to cosine and WSD) and writes
+<out>/results.json.
 Runs live in <out>/runs/<schedule>_T<steps>_s<seed>; a run whose metrics reach the last step (and whose
 overrides match) is reused, so an interrupted benchmark resumes where it stopped.
 
-    python bench/mpl_tiny.py                          # 3 seeds x 600 steps: 12 runs, 4-8 min each on 1 thread
+    python bench/mpl_tiny.py                          # 3 seeds x 600 steps: 15 runs, 3-8 min each on 1 thread
                                                       # of a shared 2-core machine, then ~10 min of fits
     python bench/mpl_tiny.py --seeds 0 --steps 300
     python bench/mpl_tiny.py --quick --out /tmp/mpl   # smoke mode: tiny model, 40 steps, 1 seed (~30 s)
@@ -245,6 +250,14 @@ def schedule_lrs(name: str, args) -> np.ndarray:
     return np.array([s(i) for i in range(args.steps)], dtype=np.float64)
 
 
+def shape(lrs: np.ndarray, args) -> dict:
+    """Where an optimized schedule leaves the peak (fraction of the post-warmup steps), where it ends, lr at 50/75/90/100%."""
+    below = np.flatnonzero(lrs[args.warmup:] < 0.999 * PEAK_LR)
+    return {"peak_hold_fraction": float(below[0] / (args.steps - args.warmup)) if below.size else 1.0,
+            "final_lr_ratio": float(lrs[-1] / PEAK_LR),
+            "lr_at": [float(lrs[min(int(f * args.steps), args.steps - 1)]) for f in (0.5, 0.75, 0.9, 1.0)]}
+
+
 def sha1(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha1(f.read()).hexdigest()[:12]
@@ -280,32 +293,38 @@ def tables(res: dict) -> str:
             per = [v["per_seed"][str(s)] for s in seeds]
             lines.append(f"| {name} | " + " | ".join(pct(p["rel_err_train"]) for p in per)
                          + f" | {pct(v['abs_err_train_mean'], False)} +- {pct(v['abs_err_train_std'], False)} |")
-    lines += ["", "Pooled fits (constant + cosine of every seed together) against the mean over seeds of the WSD "
-              "runs' final validation loss:", "",
-              "| fit variant | predicted | observed mean | error | fit mean abs rel err (const+cos) |",
-              "|---|---:|---:|---:|---:|"]
+    lines += ["", "Pooled fits (constant + cosine of every seed together; no WSD run in the fit) against each seed's "
+              "WSD run and the mean over seeds of their final validation loss:", "",
+              "| fit variant | predicted | " + " | ".join(f"error seed {s}" for s in seeds)
+              + " | observed mean | error vs mean | fit mean abs rel err (const+cos) |",
+              "|---|---:|" + "---:|" * (len(seeds) + 3)]
     for name, v in res["pooled_fits"].items():
-        star = " (primary; the schedule below is optimized under it)" if name == res["primary_variant"] else ""
-        lines.append(f"| {name}{star} | {v['wsd_pred']:.4f} | {v['wsd_obs_mean']:.4f} | {pct(v['rel_err'])} "
-                     f"| {pct(v['fit_mare'], False)} |")
+        star = " (primary; round 1 is optimized under it)" if name == res["primary_variant"] else ""
+        lines.append(f"| {name}{star} | {v['wsd_pred']:.4f} | "
+                     + " | ".join(pct(v["rel_err_per_seed"][str(s)]) for s in seeds)
+                     + f" | {v['wsd_obs_mean']:.4f} | {pct(v['rel_err'])} | {pct(v['fit_mare'], False)} |")
     lines.append("")
 
-    sch = res["schedule"]
+    sch, sch2 = res["schedule"], res["schedule_round2"]
     lines += ["### Final validation loss per schedule", "",
+              "mpl: round 1, optimized under the pooled constant + cosine fit; mpl_r2: round 2, optimized under a "
+              "refit on every run of round 1 (constant, cosine, WSD, mpl of every seed).", "",
               "| schedule | " + " | ".join(f"seed {s}" for s in seeds) + " | mean +- std | vs cosine (paired) "
-              "| MPL-predicted |", "|---|" + "---:|" * (len(seeds) + 3)]
+              "| predicted by the round-2 fit | by the round-1 fit |", "|---|" + "---:|" * (len(seeds) + 4)]
     for name, v in res["final_val_loss"].items():
         per = " | ".join(f"{v['per_seed'][str(s)]:.4f}" for s in seeds)
         d = v.get("vs_cosine")
         dtxt = "" if d is None else f"{pct(d['mean'])} +- {pct(d['std'], False)}"
         lines.append(f"| {name} | {per} | {v['mean']:.4f} +- {v['std']:.4f} | {dtxt} | "
+                     f"{sch2['predicted_final'].get(name, float('nan')):.4f} | "
                      f"{sch['predicted_final'].get(name, float('nan')):.4f} |")
-    vw = res["final_val_loss"]["mpl"]["vs_wsd"]
-    lines += ["", f"mpl vs WSD (paired): {pct(vw['mean'])} +- {pct(vw['std'], False)} "
-              "(" + ", ".join(f"seed {s} {pct(x)}" for s, x in vw["per_seed"].items()) + ")."]
-    lines += ["", f"MPL schedule: holds the peak for {sch['peak_hold_fraction']:.0%} of the post-warmup steps, "
-              f"ends at {sch['final_lr_ratio']:.3g} x peak (lr at 50/75/90/100% of the run: "
-              + ", ".join(f"{x:.2e}" for x in sch["lr_at"]) + ")."]
+    for name, sc in (("mpl", sch), ("mpl_r2", sch2)):
+        vw = res["final_val_loss"][name]["vs_wsd"]
+        lines += ["", f"{name} vs WSD (paired): {pct(vw['mean'])} +- {pct(vw['std'], False)} "
+                  "(" + ", ".join(f"seed {s} {pct(x)}" for s, x in vw["per_seed"].items()) + "). "
+                  f"Schedule: holds the peak for {sc['peak_hold_fraction']:.0%} of the post-warmup steps, ends at "
+                  f"{sc['final_lr_ratio']:.3g} x peak (lr at 50/75/90/100% of the run: "
+                  + ", ".join(f"{x:.2e}" for x in sc["lr_at"]) + ")."]
     return "\n".join(lines)
 
 
@@ -360,8 +379,10 @@ def main(argv=None) -> int:
             p, report = fit(load(fit_dirs, key, smooth), skip_fraction=skip)
         w = wsd_runs[0]  # every seed's WSD run has the same lrs
         wsd_pred = float(predict(p, w.lrs, w.warmup_steps, at_steps=[w.steps[-1]])[0])
+        per_seed = {str(s): (wsd_pred - float(r.losses[-1])) / float(r.losses[-1]) for s, r in zip(args.seeds, wsd_runs)}
         pooled_fits[vname] = {"variant": vname, "params": p.to_dict(), "fit_mare": report["train"]["all"]["mare"],
-                              "wsd_pred": wsd_pred, "wsd_obs_mean": wsd_obs, "rel_err": (wsd_pred - wsd_obs) / wsd_obs}
+                              "wsd_pred": wsd_pred, "wsd_obs_mean": wsd_obs, "rel_err": (wsd_pred - wsd_obs) / wsd_obs,
+                              "rel_err_per_seed": per_seed}
         if vname == PRIMARY:
             params = p
     pooled = pooled_fits[PRIMARY]
@@ -375,19 +396,36 @@ def main(argv=None) -> int:
                                     "predicted_final_loss": predicted,
                                     "fit": {"runs": [os.path.relpath(d, args.out) for d in fit_dirs],
                                             "variant": PRIMARY}})
-    below = np.flatnonzero(lrs[args.warmup:] < 0.999 * PEAK_LR)
-    hold = float(below[0] / (args.steps - args.warmup)) if below.size else 1.0
-    schedule = {"path": sched_path, "sha1": sha1(sched_path), "predicted_final": predicted,
-                "peak_hold_fraction": hold, "final_lr_ratio": float(lrs[-1] / PEAK_LR),
-                "lr_at": [float(lrs[min(int(f * args.steps), args.steps - 1)]) for f in (0.5, 0.75, 0.9, 1.0)]}
+    schedule = {"path": sched_path, "sha1": sha1(sched_path), "predicted_final": predicted, **shape(lrs, args)}
 
     runs["mpl"] = {}
     for seed in args.seeds:
         runs["mpl"][seed] = train_run(args, "mpl", ["schedule=mpl", f"schedule.path={sched_path}"], seed,
                                       tag=schedule["sha1"])
 
+    # 4. round 2: refit on every run trained so far (constant, cosine, WSD and the round-1 MPL runs of every seed:
+    # the law now also sees a held-to-the-end decay and its own schedule), re-optimize, train for every seed
+    print("round 2: refitting on every run so far, optimizing again ...", flush=True)
+    r2_names = ("constant", "cosine", "wsd", "mpl")
+    r2_dirs = [runs[n][s]["run_dir"] for s in args.seeds for n in r2_names]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        params2, report2 = fit(load(r2_dirs, *variants(args)[PRIMARY][:2]), skip_fraction=variants(args)[PRIMARY][2])
+    lrs2 = optimize_schedule(params2, total_steps=args.steps, peak_lr=PEAK_LR, warmup_steps=args.warmup,
+                             iters=args.iters)
+    sched2_path = os.path.join(args.out, "mpl_schedule_round2.json")
+    save_schedule(sched2_path, lrs2, {"peak_lr": PEAK_LR, "warmup_steps": args.warmup, "params": params2})
+    predicted2 = compare_final(params2, {"mpl_r2": lrs2, "mpl": lrs, **refs}, args.warmup)
+    schedule2 = {"path": sched2_path, "sha1": sha1(sched2_path), "predicted_final": predicted2,
+                 "fit_runs": [os.path.relpath(d, args.out) for d in r2_dirs], "params": params2.to_dict(),
+                 "fit_mare": report2["train"]["all"]["mare"], **shape(lrs2, args)}
+    runs["mpl_r2"] = {}
+    for seed in args.seeds:
+        runs["mpl_r2"][seed] = train_run(args, "mpl_r2", ["schedule=mpl", f"schedule.path={sched2_path}"], seed,
+                                         tag=schedule2["sha1"])
+
     final = {}
-    for name in ("mpl", "cosine", "wsd", "constant"):
+    for name in ("mpl_r2", "mpl", "cosine", "wsd", "constant"):
         vals = {str(s): runs[name][s]["final_val_loss"] for s in args.seeds}
         m, sd = mean_std(vals.values())
         final[name] = {"per_seed": vals, "mean": m, "std": sd}
@@ -396,9 +434,10 @@ def main(argv=None) -> int:
                  / runs["cosine"][s]["final_val_loss"] for s in args.seeds]
             final[name]["vs_cosine"] = dict(zip(("mean", "std"), mean_std(d)),
                                             per_seed=dict(zip(map(str, args.seeds), d)))
-    d = [(runs["mpl"][s]["final_val_loss"] - runs["wsd"][s]["final_val_loss"]) / runs["wsd"][s]["final_val_loss"]
-         for s in args.seeds]
-    final["mpl"]["vs_wsd"] = dict(zip(("mean", "std"), mean_std(d)), per_seed=dict(zip(map(str, args.seeds), d)))
+    for name in ("mpl", "mpl_r2"):
+        d = [(runs[name][s]["final_val_loss"] - runs["wsd"][s]["final_val_loss"]) / runs["wsd"][s]["final_val_loss"]
+             for s in args.seeds]
+        final[name]["vs_wsd"] = dict(zip(("mean", "std"), mean_std(d)), per_seed=dict(zip(map(str, args.seeds), d)))
 
     res = {
         "settings": {"seeds": args.seeds, "steps": args.steps, "peak_lr": PEAK_LR, "warmup_steps": args.warmup,
@@ -416,6 +455,7 @@ def main(argv=None) -> int:
         "pooled_fit": pooled,
         "pooled_fits": pooled_fits,
         "schedule": schedule,
+        "schedule_round2": schedule2,
         "final_val_loss": final,
         "runtime_s": time.time() - t_start,
         "train_seconds": sum(r["seconds"] for v in runs.values() for r in v.values()),

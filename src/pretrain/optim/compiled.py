@@ -39,18 +39,18 @@ import torch
 
 # Measured on CPU with bench/optim_step.py (124M-parameter GPT, 1 thread, 2026-11-26; bench/README.md):
 # True where the compiled step took < 0.9x the eager one. In comments: step time / fused AdamW's, eager ->
-# compiled; "after": `--optims adopt,lamb,rdbd,adam_hd --repeats 3` rerun after the step-counter change
-# (bench/README.md). The compile itself takes 10-400 s on 2 cores (once per run; inductor caches it on disk).
+# compiled, in the latest run (after step-dependent scalars became one stacked buffer, `_common.step_scalars`).
+# The compile itself takes 3-400 s on 2 cores (once per run; inductor caches it on disk).
 COMPILE_PAYS: dict[str, bool] = {
     # written here
-    "adopt": True,  # 5.59 -> 1.23 (after: 6.59 -> 1.40; the compiled update is the same code as before)
-    "lion": True,  # 3.87 -> 0.91
-    "sophia": True,  # 5.83 -> 1.00
-    "lars": True,  # 5.03 -> 1.65
-    "lamb": True,  # 8.13 -> 4.12 (after: 6.66 -> 3.77)
-    "rdbd": True,  # 20.9 -> 7.79; after (bias corrections as 0-dim tensors, no aten::_foreach_div): 24.1 -> 2.85
-    "adam_hd": True,  # 8.75 -> 8.00; after (as rdbd): 9.55 -> 3.97
-    "sgd_hd": False,  # 1.55 -> 1.56
+    "adopt": True,  # 5.49 -> 1.10
+    "lion": True,  # 3.04 -> 0.73
+    "sophia": True,  # 9.36 -> 0.98
+    "lars": True,  # 3.68 -> 1.27
+    "lamb": True,  # 7.79 -> 3.38
+    "rdbd": True,  # 31.9 -> 2.03
+    "adam_hd": True,  # 7.80 -> 2.37
+    "sgd_hd": False,  # 1.38 -> 1.32
     "sgd_armijo": False,  # needs a closure
     "vsgd": False,  # needs a closure
     # torch's (`--compile all`)
