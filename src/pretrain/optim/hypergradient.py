@@ -47,7 +47,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError, check_range
-from ._common import adam_direction_foreach, check_betas, step_scalars
+from ._common import adam_direction_foreach, bias_corrected_direction, check_betas
 from .registry import OptimizerSpec, register
 
 
@@ -222,15 +222,8 @@ class AdamHD(_HypergradientOptimizer):
             return _sum([], params[0])
         states = [self.state[p] for p, _ in seen]
         if self.foreach:
-            steps = [s["step"] for s in states]
-            bc1 = step_scalars(steps, lambda t: 1 - beta1 ** t)
-            bc2 = step_scalars(steps, lambda t: 1 - beta2 ** t)
-            v_hat = torch._foreach_div([s["exp_avg_sq"] for s in states], bc2)
-            torch._foreach_sqrt_(v_hat)
-            torch._foreach_add_(v_hat, eps)
-            prev = torch._foreach_div([s["exp_avg"] for s in states], bc1)
-            torch._foreach_div_(prev, v_hat)
-            del v_hat
+            prev = bias_corrected_direction([s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                                            [s["step"] for s in states], (beta1, beta2), eps)
         else:
             prev = [self._direction(s["exp_avg"], s["exp_avg_sq"], s["step"], beta1, beta2, eps) for s in states]
         return _sum([_dot(g, u) for (_, g), u in zip(seen, prev)], params[0])

@@ -31,8 +31,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from ._common import (FP32StateOptimizer, LOW_PRECISION, buckets, check_betas, number, state_dtype, step_scalars,
-                      write_back)
+from ._common import (FP32StateOptimizer, LOW_PRECISION, bias_corrected_direction, buckets, check_betas, number,
+                      state_dtype, write_back)
 from .registry import OptimizerSpec, register
 
 
@@ -106,13 +106,12 @@ class LAMB(FP32StateOptimizer):
             torch._foreach_add_(ms, gs, alpha=1 - beta1)
             torch._foreach_mul_(vs, beta2)
             torch._foreach_addcmul_(vs, gs, gs, value=1 - beta2)
-            # (bc1, bc2) per tensor (steps differ where a parameter missed gradients); 0-dim tensors under compile
-            bcs = step_scalars([s["step"] for s in states], lambda t: self._bias_corrections(group, t))
-            denom = torch._foreach_div(vs, [bc2 for _, bc2 in bcs])
-            torch._foreach_sqrt_(denom)
-            torch._foreach_add_(denom, eps)
-            rs = torch._foreach_div(ms, [bc1 for bc1, _ in bcs])
-            torch._foreach_div_(rs, denom)
+            if group["bias_correction"]:  # per tensor (steps differ where a parameter missed gradients)
+                rs = bias_corrected_direction(ms, vs, [s["step"] for s in states], (beta1, beta2), eps)
+            else:
+                denom = torch._foreach_sqrt(vs)
+                torch._foreach_add_(denom, eps)
+                rs = torch._foreach_div(ms, denom)
             if wd != 0:
                 torch._foreach_add_(rs, ws, alpha=wd)
             w_norms = torch.stack(torch._foreach_norm(ws))
