@@ -1,6 +1,8 @@
-"""Shared helpers: a very small training configuration and launchers (in-process, subprocess, multi-process)."""
+"""Shared helpers: a very small training configuration, launchers (in-process, subprocess, multi-process) and
+checks shared by the per-optimizer tests."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -73,3 +75,40 @@ def dump(p: subprocess.CompletedProcess) -> str:
 def read_json(path):
     with open(path) as f:
         return json.load(f)
+
+
+def assert_foreach_matches_reference(make, params_fn, run, steps, rtol=1e-12):
+    """The foreach and the per-tensor paths of an optimizer give the same parameters after `steps` steps.
+
+    `make(params, foreach)` builds the optimizer, `params_fn()` a fresh parameter list, `run(opt, params, t0, t1)`
+    takes steps t0..t1-1."""
+    import torch
+
+    pa, pb = params_fn(), params_fn()
+    run(make(pa, True), pa, 0, steps)
+    run(make(pb, False), pb, 0, steps)
+    for a, b in zip(pa, pb):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=1e-12)
+
+
+def assert_state_dict_round_trip(make, make_blank, params_fn, run, split=5, end=10):
+    """An optimizer restored from a torch.save'd state dict continues bit-identically to the original.
+
+    `make(params)` builds the optimizer under test; `make_blank(params)` builds one with other hyperparameters that
+    receives the state dict (so they must come back from it). Returns (restored optimizer, its parameters)."""
+    import torch
+
+    params = params_fn()
+    opt = make(params)
+    run(opt, params, 0, split)
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    params2 = [p.clone() for p in params]
+    opt2 = make_blank(params2)
+    opt2.load_state_dict(torch.load(buf))
+    run(opt, params, split, end)
+    run(opt2, params2, split, end)
+    for a, b in zip(params, params2):
+        assert torch.equal(a, b)
+    return opt2, params2

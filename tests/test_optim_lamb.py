@@ -1,11 +1,11 @@
 """LAMB against an independent numpy reference of You et al. 2020's Algorithm 2 (per-tensor trust ratio)."""
-import io
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from helpers import assert_foreach_matches_reference, assert_state_dict_round_trip
 from pretrain.errors import ConfigError
 from pretrain.optim import OPTIMIZERS, build_optimizer
 from pretrain.optim.lamb import LAMB
@@ -92,28 +92,14 @@ def test_first_step():
 
 
 def test_foreach_and_reference_paths_agree():
-    pa, pb = torch_params(), torch_params()
-    run(LAMB(pa, **HP, clamp_value=2.0, foreach=True), pa, 0, STEPS)
-    run(LAMB(pb, **HP, clamp_value=2.0, foreach=False), pb, 0, STEPS)
-    for a, b in zip(pa, pb):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert_foreach_matches_reference(lambda ps, foreach: LAMB(ps, **HP, clamp_value=2.0, foreach=foreach),
+                                     torch_params, run, STEPS)
 
 
 @pytest.mark.parametrize("foreach", [True, False])
 def test_state_dict_round_trip(foreach):
-    params = torch_params()
-    opt = LAMB(params, **HP, foreach=foreach)
-    run(opt, params, 0, 5)
-    buf = io.BytesIO()
-    torch.save(opt.state_dict(), buf)
-    buf.seek(0)
-    params2 = [p.clone() for p in params]
-    opt2 = LAMB(params2, lr=1.0, foreach=foreach)
-    opt2.load_state_dict(torch.load(buf))
-    run(opt, params, 5, 10)
-    run(opt2, params2, 5, 10)
-    for a, b in zip(params, params2):
-        assert torch.equal(a, b)
+    assert_state_dict_round_trip(lambda ps: LAMB(ps, **HP, foreach=foreach),
+                                 lambda ps: LAMB(ps, lr=1.0, foreach=foreach), torch_params, run)
 
 
 @pytest.mark.parametrize("bad", [dict(lr=-1.0), dict(betas=(1.0, 0.99)), dict(betas=(0.9, -0.5)), dict(eps=0.0),

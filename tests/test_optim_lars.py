@@ -1,11 +1,11 @@
 """LARS against an independent numpy reference of You et al. 2017's update rule."""
-import io
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from helpers import assert_foreach_matches_reference, assert_state_dict_round_trip
 from pretrain.errors import ConfigError
 from pretrain.optim import OPTIMIZERS, build_optimizer
 from pretrain.optim.lars import LARS
@@ -98,28 +98,14 @@ def test_vector_kind_group_skips_trust_and_decay():
 
 
 def test_foreach_and_reference_paths_agree():
-    pa, pb = torch_params(), torch_params()
-    run(LARS(pa, **HP, foreach=True), pa, 0, STEPS)
-    run(LARS(pb, **HP, foreach=False), pb, 0, STEPS)
-    for a, b in zip(pa, pb):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert_foreach_matches_reference(lambda ps, foreach: LARS(ps, **HP, foreach=foreach),
+                                     torch_params, run, STEPS)
 
 
 @pytest.mark.parametrize("foreach", [True, False])
 def test_state_dict_round_trip(foreach):
-    params = torch_params()
-    opt = LARS(params, **HP, foreach=foreach)
-    run(opt, params, 0, 5)
-    buf = io.BytesIO()
-    torch.save(opt.state_dict(), buf)
-    buf.seek(0)
-    params2 = [p.clone() for p in params]
-    opt2 = LARS(params2, lr=0.01, foreach=foreach)
-    opt2.load_state_dict(torch.load(buf))
-    run(opt, params, 5, 10)
-    run(opt2, params2, 5, 10)
-    for a, b in zip(params, params2):
-        assert torch.equal(a, b)
+    assert_state_dict_round_trip(lambda ps: LARS(ps, **HP, foreach=foreach),
+                                 lambda ps: LARS(ps, lr=0.01, foreach=foreach), torch_params, run)
 
 
 @pytest.mark.parametrize("bad", [dict(lr=-0.1), dict(momentum=1.0), dict(momentum=-0.1), dict(weight_decay=-1e-4),

@@ -1,10 +1,9 @@
 """Lion against an independent numpy reference of Chen et al. 2023's update rule."""
-import io
-
 import numpy as np
 import pytest
 import torch
 
+from helpers import assert_foreach_matches_reference, assert_state_dict_round_trip
 from pretrain.errors import ConfigError
 from pretrain.optim import OPTIMIZERS, build_optimizer
 from pretrain.optim.lion import Lion
@@ -73,28 +72,15 @@ def test_first_step_is_sign_of_gradient():
 
 
 def test_foreach_and_reference_paths_agree():
-    pa, pb = torch_params(), torch_params()
-    run(Lion(pa, **HP, foreach=True), pa, 0, STEPS)
-    run(Lion(pb, **HP, foreach=False), pb, 0, STEPS)
-    for a, b in zip(pa, pb):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert_foreach_matches_reference(lambda ps, foreach: Lion(ps, **HP, foreach=foreach),
+                                     torch_params, run, STEPS)
 
 
 @pytest.mark.parametrize("foreach", [True, False])
 def test_state_dict_round_trip(foreach):
-    params = torch_params()
-    opt = Lion(params, **HP, foreach=foreach)
-    run(opt, params, 0, 5)
-    buf = io.BytesIO()
-    torch.save(opt.state_dict(), buf)
-    buf.seek(0)
-    params2 = [p.clone() for p in params]
-    opt2 = Lion(params2, lr=1.0, foreach=foreach)  # hyperparameters come back from the state dict
-    opt2.load_state_dict(torch.load(buf))
-    run(opt, params, 5, 10)
-    run(opt2, params2, 5, 10)
-    for a, b in zip(params, params2):
-        assert torch.equal(a, b)
+    # hyperparameters come back from the state dict
+    opt2, params2 = assert_state_dict_round_trip(lambda ps: Lion(ps, **HP, foreach=foreach),
+                                                 lambda ps: Lion(ps, lr=1.0, foreach=foreach), torch_params, run)
     assert opt2.state[params2[0]]["step"].item() == 10
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import assert_foreach_matches_reference
 from pretrain.errors import ConfigError
 from pretrain.optim import OPTIMIZERS, build_optimizer, hessian_interval
 from pretrain.optim.sophia import Sophia, gnb_sampled_loss
@@ -109,11 +110,8 @@ def test_update_hessian_with_known_gradient():
 
 
 def test_foreach_and_reference_paths_agree():
-    pa, pb = torch_params(), torch_params()
-    run(Sophia(pa, **HP, k=K, foreach=True), pa, 0, STEPS)
-    run(Sophia(pb, **HP, k=K, foreach=False), pb, 0, STEPS)
-    for a, b in zip(pa, pb):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert_foreach_matches_reference(lambda ps, foreach: Sophia(ps, **HP, k=K, foreach=foreach),
+                                     torch_params, run, STEPS)
 
 
 @pytest.mark.parametrize("foreach", [True, False])
