@@ -168,23 +168,9 @@ class FP32StateOptimizer(torch.optim.Optimizer):
 
 
 def bias_corrected_direction(ms: list, vs: list, steps: list, betas, eps) -> list:
-    """Multi-tensor Adam direction m_hat / (sqrt(v_hat) + eps), with the bias corrections of each tensor's step.
-
-    Eagerly `(m / (1 - beta1**t)) / (sqrt(v / (1 - beta2**t)) + eps)`, the reference paths' expression. Under
-    torch.compile the same quantity as `(m * r1) / (sqrt(v) * r2 + eps)` with r1 = 1 / (1 - beta1**t) and
-    r2 = 1 / sqrt(1 - beta2**t) computed once per tensor: one division per element instead of three, which is
-    what the compiled loop's time goes to on CPU (results differ by an ulp or so).
-    """
+    """Multi-tensor Adam direction `(m / (1 - beta1**t)) / (sqrt(v / (1 - beta2**t)) + eps)`, with the bias
+    corrections of each tensor's step t (the reference paths' expression, op for op)."""
     beta1, beta2 = betas
-    if torch.compiler.is_compiling():
-        r1 = step_scalars(steps, lambda t: 1 / (1 - beta1 ** t))
-        r2 = step_scalars(steps, lambda t: 1 / (1 - beta2 ** t).sqrt())
-        denom = torch._foreach_sqrt(vs)
-        torch._foreach_mul_(denom, r2)
-        torch._foreach_add_(denom, eps)
-        out = torch._foreach_mul(ms, r1)
-        torch._foreach_div_(out, denom)
-        return out
     denom = torch._foreach_div(vs, step_scalars(steps, lambda t: 1 - beta2 ** t))
     torch._foreach_sqrt_(denom)
     torch._foreach_add_(denom, eps)
