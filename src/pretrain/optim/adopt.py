@@ -119,6 +119,7 @@ class ADOPT(FP32StateOptimizer):
         """
         lr, eps, wd, clip_exponent = group["lr"], group["eps"], group["weight_decay"], group["clip_exponent"]
         beta1, beta2 = group["betas"]
+        assert len(self._fresh) == len(params), "_step_compiling takes the parameter list _run_step checked"
         steps = [self.state[p]["step"] for p in params]
         clips = step_scalars(steps, lambda t: t ** clip_exponent) if clip_exponent is not None else steps
         for p, fresh, c in zip(params, self._fresh, clips):
@@ -139,6 +140,7 @@ class ADOPT(FP32StateOptimizer):
             v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
             if w is not p:
                 p.copy_(w)
+
 
 register(OptimizerSpec(
     "adopt", lambda groups, hp: ADOPT(groups, **hp),
