@@ -22,6 +22,7 @@ foreach=True where they take it.
     python bench/optim_step.py                        # every optimizer, 124M-parameter GPT
     python bench/optim_step.py --small --optims adopt,lion --repeats 3
     python bench/optim_step.py --compile none --json out.json
+    python bench/optim_step.py --device cuda --no-reference   # on a GPU: 20 steps per timing, synchronized
 
 Compile time (the first compiled call(s)) is printed separately and not counted in the step time.
 """
@@ -85,6 +86,9 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on a shared machine several threads wait on each other and "
                          "the ratios become noise; 0 = torch's default)")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda: where the parameters live")
+    ap.add_argument("--calls", type=int, default=None,
+                    help="optimizer steps per timing (default 1 on CPU, 20 on CUDA, synchronized at the end)")
     ap.add_argument("--json", default=None, help="write the results here")
     return ap.parse_args(argv)
 
@@ -117,10 +121,18 @@ class TrivialClosure:
         return -1e30 * self.calls
 
 
+CALLS = 1  # steps per timing; main sets it from --calls / --device
+SYNC = lambda: None  # noqa: E731 -- torch.cuda.synchronize on CUDA
+
+
 def timed(fn) -> float:
+    """Seconds per call of fn, over CALLS calls (the device synchronized before and after)."""
+    SYNC()
     t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+    for _ in range(CALLS):
+        fn()
+    SYNC()
+    return (time.perf_counter() - t) / CALLS
 
 
 def compile_candidates(mode: str, names) -> set:
@@ -273,11 +285,19 @@ def main(argv=None) -> int:
         return 2
     compile_names = compile_candidates(args.compile, names)
 
+    global CALLS, SYNC
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            print("--device cuda: no CUDA device", file=sys.stderr)
+            return 2
+        SYNC = torch.cuda.synchronize
+    CALLS = args.calls or (20 if device.type == "cuda" else 1)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = model_config(args.small)
-    model = GPT(cfg)
+    model = GPT(cfg).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         for p in model.parameters():
@@ -289,12 +309,14 @@ def main(argv=None) -> int:
     base_ms = [1e3 * timed(baseline.step) for _ in range(3)]
 
     meta = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "python": platform.python_version(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
+            "machine": (torch.cuda.get_device_name(device) if device.type == "cuda" else
+                        f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"),
+            "calls_per_timing": CALLS,
             "model": f"GPT d_model={cfg.d_model} n_layer={cfg.n_layer} vocab={cfg.vocab_size}",
             "n_params": n_params, "n_tensors": len(list(model.parameters())), "repeats": args.repeats,
             "baseline": "torch.optim.AdamW(fused=True)", "baseline_step_ms": statistics.median(base_ms)}
     log(f"{meta['model']}: {n_params / 1e6:.1f}M parameters in {meta['n_tensors']} tensors; {meta['machine']}; "
-        f"fused AdamW step {meta['baseline_step_ms']:.0f} ms")
+        f"fused AdamW step {meta['baseline_step_ms']:.3g} ms")
 
     rows = []
     for name in names:
@@ -304,7 +326,7 @@ def main(argv=None) -> int:
         log(f"  {name}: eager {fmt(row['eager'])}, compiled {fmt(row['compiled'])} "
             f"(compile {fmt(row['compile_s'], '{:.0f}')} s), {time.perf_counter() - t0:.0f} s")
 
-    print(f"\nStep time / torch.optim.AdamW(fused=True) step time ({meta['baseline_step_ms']:.0f} ms), median of "
+    print(f"\nStep time / torch.optim.AdamW(fused=True) step time ({meta['baseline_step_ms']:.3g} ms), median of "
           f"{args.repeats} interleaved rounds; {meta['model']}, {n_params / 1e6:.1f}M parameters; "
           f"{meta['machine']}; torch {meta['torch']}; {meta['date']}")
     print(table(rows))

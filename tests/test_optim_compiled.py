@@ -115,3 +115,22 @@ def test_step_counters_keep_the_graph_fused(name):
     assert not fallbacks, f"unfused foreach kernels in the compiled step: {fallbacks}"
     for pe, pc in zip(params_of(eager), params_of(compiled)):
         assert_close_relative(pc.detach(), pe.detach())
+
+
+def test_auto_compiles_only_on_cpu_and_long_runs():
+    """train.compile_optimizer: auto compiles where COMPILE_PAYS (a CPU measurement) says so, on CPU, for runs of
+    >= 500 steps; never under DeepSpeed; `always` compiles on any device."""
+    from pretrain.config import load_config
+    from pretrain.loop import _compile_optimizer
+    from pretrain.optim import build_optimizer
+
+    opt = build_optimizer("adopt", [torch.nn.Parameter(torch.zeros(2, 2))])
+    long_auto = load_config(["optim=adopt", "train.steps=1000"])
+    assert _compile_optimizer(long_auto, opt, False, "cpu")
+    assert not _compile_optimizer(long_auto, opt, False, "cuda")
+    assert not _compile_optimizer(long_auto, opt, True, "cpu")  # DeepSpeed's engine calls the step
+    assert not _compile_optimizer(load_config(["optim=adopt", "train.steps=100"]), opt, False, "cpu")
+    assert _compile_optimizer(load_config(["optim=adopt", "train.steps=100", "train.compile_optimizer=always"]),
+                              opt, False, "cuda")
+    assert not _compile_optimizer(load_config(["optim=sgd_hd", "train.steps=1000"]),
+                                  build_optimizer("sgd_hd", [torch.nn.Parameter(torch.zeros(2))]), False, "cpu")

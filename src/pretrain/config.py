@@ -63,7 +63,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest N kept; 0 keeps all
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     compile: bool = False  # torch.compile the model
-    compile_optimizer: str = "auto"  # auto (where bench/ measured it pays, runs >= 500 steps) | always | never
+    compile_optimizer: str = "auto"  # auto (on CPU where bench/ measured it pays, runs >= 500 steps) | always | never
     init_from: Optional[str] = None  # a checkpoint directory to branch from (e.g. a WSD cooldown)
     progress: bool = True
 

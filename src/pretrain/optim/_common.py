@@ -133,8 +133,9 @@ class FP32StateOptimizer(torch.optim.Optimizer):
 
         Evaluates the closure (with grad enabled), then for every param group: the parameters with a gradient
         (a sparse one raises "`name` does not support sparse gradients"), `_init_state(p)` for each, and
-        `_step_foreach(group, params)` or `_step_reference(group, params)` as `foreach` says (`_step_foreach` in
-        a compiled step where COMPILE_FOREACH). Each parameter's `step` counter goes up by one after the update
+        `_step_foreach(group, params)` or `_step_reference(group, params)` as `foreach` says; in a compiled step
+        `_step_compiling(group, params, fresh)` where the class has one (ADOPT; fresh[i]: this call created
+        params[i]'s state), else `_step_foreach` where COMPILE_FOREACH. Each parameter's `step` counter goes up by one after the update
         (the update sees the number of calls before this one, ADOPT's t), or with count_first=True before it, as
         its state is initialized (the update sees the number of calls including this one, LAMB's t). Returns the
         closure's loss (None without a closure).
@@ -150,14 +151,16 @@ class FP32StateOptimizer(torch.optim.Optimizer):
             # Whether each parameter's state is created by this call (its step is 0): a Python fact, fixed in a
             # compiled step's graph (dynamo guards on the state dict, so the first call has its own graph), which
             # `_step_compiling` may use to leave the first-call branch out of the later calls' update loops.
-            self._fresh = [len(self.state[p]) == 0 for p in params]
+            fresh = [len(self.state[p]) == 0 for p in params]
             for p in params:
                 if p.grad.is_sparse:
                     raise RuntimeError(f"{name} does not support sparse gradients")
                 state = self._init_state(p)
                 if count_first:
                     state["step"] += 1
-            if self.foreach or (self.COMPILE_FOREACH and torch.compiler.is_compiling()):
+            if torch.compiler.is_compiling() and hasattr(self, "_step_compiling"):
+                self._step_compiling(group, params, fresh)
+            elif self.foreach or (self.COMPILE_FOREACH and torch.compiler.is_compiling()):
                 self._step_foreach(group, params)
             else:
                 self._step_reference(group, params)

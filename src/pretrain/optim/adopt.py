@@ -43,7 +43,6 @@ class ADOPT(FP32StateOptimizer):
     """ADOPT: momentum of the gradient normalized by the previous steps' second moment, clipped."""
 
     STATE_KEYS = ("exp_avg", "exp_avg_sq")
-    COMPILE_FOREACH = True  # the reference path reads the step with .item()
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.9999), eps: float = 1e-6,
                  weight_decay: float = 0.0, clip_exponent: float | None = 0.25, *, foreach: bool = True):
@@ -79,8 +78,6 @@ class ADOPT(FP32StateOptimizer):
                 p.copy_(w)
 
     def _step_foreach(self, group: dict, params: list) -> None:
-        if torch.compiler.is_compiling():
-            return self._step_compiling(group, params)
         lr, eps, wd, clip_exponent = group["lr"], group["eps"], group["weight_decay"], group["clip_exponent"]
         beta1, beta2 = group["betas"]
         key = lambda p: (p.device, state_dtype(p), int(self.state[p]["step"].item()))  # noqa: E731
@@ -107,26 +104,26 @@ class ADOPT(FP32StateOptimizer):
             torch._foreach_addcmul_(vs, gs, gs, value=1 - beta2)
             write_back(ps, ws)
 
-    def _step_compiling(self, group: dict, params: list) -> None:
+    def _step_compiling(self, group: dict, params: list, fresh: list) -> None:
         """`_step_foreach` under torch.compile (compiled.py), where the step stays a 0-dim tensor.
 
         Reading it as a Python number (`.item()`) breaks the graph and bakes the number into it: a new graph every
         step. So here the clip values t**clip_exponent come from `step_scalars` (fp64, one stacked buffer), and the
-        first call's "v only" branch is taken for the parameters whose state this call created (`self._fresh`,
-        a Python fact at trace time: the first call and the later ones compile to different graphs, and the
-        later ones' loops carry no first-call select). Written per tensor: Inductor fuses each tensor's update
+        first call's "v only" branch is taken for the parameters whose state this call created (`fresh`, from
+        `_run_step`: a Python fact at trace time, so the first call and the later ones compile to different graphs,
+        and the later ones' loops carry no first-call select; not an attribute: torch 2.11's dynamo cannot set one
+        on the optimizer). Written per tensor: Inductor fuses each tensor's update
         into one loop either way.
         """
         lr, eps, wd, clip_exponent = group["lr"], group["eps"], group["weight_decay"], group["clip_exponent"]
         beta1, beta2 = group["betas"]
-        assert len(self._fresh) == len(params), "_step_compiling takes the parameter list _run_step checked"
         steps = [self.state[p]["step"] for p in params]
         clips = step_scalars(steps, lambda t: t ** clip_exponent) if clip_exponent is not None else steps
-        for p, fresh, c in zip(params, self._fresh, clips):
+        for p, new, c in zip(params, fresh, clips):
             state = self.state[p]
             m, v = state["exp_avg"], state["exp_avg_sq"]
             g = p.grad.to(v.dtype)
-            if fresh:  # first call: initialize the second moment only
+            if new:  # first call: initialize the second moment only
                 v.copy_(g * g)
                 continue
             w = p.float() if p.dtype in LOW_PRECISION else p

@@ -16,10 +16,16 @@ How it works (torch 2.13; checked on CPU only):
 - Step counters: under compile, reading a tensor as a Python number (`.item()`) is a graph break and bakes the
   number into the graph (a new graph every step), and Inductor does not fuse a foreach op whose scalars are a
   list of symbolic numbers (it falls back to the unfused aten::_foreach_* kernel). So the optimizers written
-  here turn the step into per-tensor scalars with `_common.step_scalars` (0-dim tensors while compiling: LAMB's,
-  rdbd's and adam_hd's bias corrections), ADOPT has a tensor-step update for compiling (`_step_compiling`), and
-  a compiled ADOPT or LAMB step takes the foreach path even with foreach=False (`COMPILE_FOREACH`: their
-  reference paths read the step with `.item()`).
+  here turn the step into per-tensor scalars with `_common.step_scalars` (while compiling, one stacked fp64
+  buffer computed once per tensor, not a 0-dim value that Inductor would recompute inside every update loop:
+  LAMB's, rdbd's and adam_hd's bias corrections, ADOPT's clip value), ADOPT has a tensor-step update for
+  compiling (`_step_compiling`), and a compiled LAMB step takes the foreach path even with foreach=False
+  (`COMPILE_FOREACH`: its reference path reads the step with `.item()`).
+- Checked on CPU only. On an H100 with torch 2.11 (bench/README.md, "On a GPU") compiled rdbd ran (2.17x fused
+  AdamW); the FP32StateOptimizer subclasses failed (dynamo refused an attribute that `_run_step` then set on the
+  optimizer, since removed; not rerun), sgd_hd and adam_hd failed inside Inductor at 124M parameters (sgd_hd ran
+  on two small tensors), and a compiled ADOPT step in training failed with "CUDA driver error: invalid
+  argument". So `train.compile_optimizer: auto` compiles on CPU only.
 - The hypergradient optimizers' `group["hd_lr"]` (a float their step writes) is passed the same way as lr.
 - A call with a closure (line searches: `requires_closure`) runs the eager step.
 - Dynamo settings are patched around each call (`torch._dynamo.config.patch`), never set globally.
