@@ -251,7 +251,8 @@ def schedule_lrs(name: str, args) -> np.ndarray:
 
 
 def shape(lrs: np.ndarray, args) -> dict:
-    """Where an optimized schedule leaves the peak (fraction of the post-warmup steps), where it ends, lr at 50/75/90/100%."""
+    """Where an optimized schedule leaves the peak (fraction of the post-warmup steps), where it ends, and its lr
+    at 50/75/90/100% of the run."""
     below = np.flatnonzero(lrs[args.warmup:] < 0.999 * PEAK_LR)
     return {"peak_hold_fraction": float(below[0] / (args.steps - args.warmup)) if below.size else 1.0,
             "final_lr_ratio": float(lrs[-1] / PEAK_LR),
@@ -379,7 +380,8 @@ def main(argv=None) -> int:
             p, report = fit(load(fit_dirs, key, smooth), skip_fraction=skip)
         w = wsd_runs[0]  # every seed's WSD run has the same lrs
         wsd_pred = float(predict(p, w.lrs, w.warmup_steps, at_steps=[w.steps[-1]])[0])
-        per_seed = {str(s): (wsd_pred - float(r.losses[-1])) / float(r.losses[-1]) for s, r in zip(args.seeds, wsd_runs)}
+        per_seed = {str(s): (wsd_pred - float(r.losses[-1])) / float(r.losses[-1])
+                    for s, r in zip(args.seeds, wsd_runs)}
         pooled_fits[vname] = {"variant": vname, "params": p.to_dict(), "fit_mare": report["train"]["all"]["mare"],
                               "wsd_pred": wsd_pred, "wsd_obs_mean": wsd_obs, "rel_err": (wsd_pred - wsd_obs) / wsd_obs,
                               "rel_err_per_seed": per_seed}

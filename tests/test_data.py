@@ -49,7 +49,7 @@ def test_too_small_corpus_is_a_clear_error():
 def test_streaming_loader_packs_with_eos_splits_ranks_and_resumes(tmp_path):
     import datasets
 
-    from pretrain.data.tokenizer import load_tokenizer, train_bpe
+    from pretrain.data.tokenizer import load_tokenizer
     for i in range(12):
         (tmp_path / f"doc{i:02d}.txt").write_text(f"document {i} " + " ".join(f"w{i}_{j}" for j in range(30)))
     files = sorted(str(p) for p in tmp_path.glob("*.txt"))

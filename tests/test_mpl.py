@@ -214,7 +214,8 @@ def test_cli_fit_predict_optimize(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "held-out runs:" in text and "R^2=" in text and "wsd" in text
     fitted = MPLParams.from_json(out)
-    assert json.loads(out.read_text())["fit"]["heldout"]["n"] > 0
+    fit_meta = json.loads(out.read_text())["fit"]
+    assert fit_meta["heldout"]["n"] > 0 and len(fit_meta["heldout_runs"]) == 1
 
     lrs_file = save_schedule(tmp_path / "cos_sched.json", cosine(T, W, peak), {"peak_lr": peak, "warmup_steps": W})
     assert cli.main(["predict", "--params", str(out), "--lrs-file", str(lrs_file), "--steps", str(T),

@@ -1,6 +1,5 @@
 """The loop end to end on the embedded corpus: loss falls, the run directory contract, a final/ directory that
 plain transformers loads and generates from, exact resume, WSD branching, cached tokenization, W&B offline."""
-import json
 import os
 import shutil
 import subprocess
@@ -8,7 +7,7 @@ import sys
 
 import pytest
 
-from helpers import ROOT, SMALL, env, rows, train_inprocess
+from helpers import SMALL, env, rows, train_inprocess
 
 CONTRACT = {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s"}
 

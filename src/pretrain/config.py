@@ -12,7 +12,7 @@ import os
 import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 from .errors import ConfigError, check_range
 

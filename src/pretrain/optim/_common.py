@@ -135,10 +135,10 @@ class FP32StateOptimizer(torch.optim.Optimizer):
         (a sparse one raises "`name` does not support sparse gradients"), `_init_state(p)` for each, and
         `_step_foreach(group, params)` or `_step_reference(group, params)` as `foreach` says; in a compiled step
         `_step_compiling(group, params, fresh)` where the class has one (ADOPT; fresh[i]: this call created
-        params[i]'s state), else `_step_foreach` where COMPILE_FOREACH. Each parameter's `step` counter goes up by one after the update
-        (the update sees the number of calls before this one, ADOPT's t), or with count_first=True before it, as
-        its state is initialized (the update sees the number of calls including this one, LAMB's t). Returns the
-        closure's loss (None without a closure).
+        params[i]'s state), else `_step_foreach` where COMPILE_FOREACH. Each parameter's `step` counter goes up by
+        one after the update (the update sees the number of calls before this one, ADOPT's t), or with
+        count_first=True before it, as its state is initialized (the update sees the number of calls including
+        this one, LAMB's t). Returns the closure's loss (None without a closure).
         """
         loss = None
         if closure is not None:

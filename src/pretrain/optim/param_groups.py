@@ -9,7 +9,6 @@ A group is (kind, decayed?) and carries `kind`, `lr_mult`, `lr` (= base lr * lr_
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 KINDS = ("embedding", "hidden", "head", "vector")

@@ -7,7 +7,6 @@ group's own base lr (muP, Muon's two lrs) keeps its ratio to the others.
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 

@@ -99,7 +99,7 @@ def cmd_fit(args) -> int:
     if heldout:
         print(format_report(report["heldout"], "held-out runs:"))
     if args.out:
-        meta = {"fit": {"runs": [str(r) for r in args.runs], "heldout": [str(r) for r in args.heldout or []],
+        meta = {"fit": {"runs": [str(r) for r in args.runs], "heldout_runs": [str(r) for r in args.heldout or []],
                         "key": args.key, "smooth": args.smooth, "skip_fraction": args.skip_fraction,
                         "objective": report["objective"], "train": report["train"].get("all"),
                         "heldout": report.get("heldout", {}).get("all")}}
