@@ -77,6 +77,24 @@ def step_scalars(steps: list, fn) -> list:
     return [fn(t.item() if torch.is_tensor(t) else t) for t in steps]
 
 
+def closure_loss(closure):
+    """The start of a step: the closure's loss, evaluated with grad enabled (None without a closure)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+def params_with_grads(group: dict, name: str) -> list:
+    """A param group's parameters that have a gradient; a sparse one raises "`name` does not support sparse
+    gradients"."""
+    params = [p for p in group["params"] if p.grad is not None]
+    for p in params:
+        if p.grad.is_sparse:
+            raise RuntimeError(f"{name} does not support sparse gradients")
+    return params
+
+
 def write_back(params: list, work: list) -> None:
     """Copy each fp32 working copy into its low-precision parameter (a parameter updated in place is skipped)."""
     for p, w in zip(params, work):
@@ -140,12 +158,9 @@ class FP32StateOptimizer(torch.optim.Optimizer):
         count_first=True before it, as its state is initialized (the update sees the number of calls including
         this one, LAMB's t). Returns the closure's loss (None without a closure).
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            params = params_with_grads(group, name)
             if not params:
                 continue
             # Whether each parameter's state is created by this call (its step is 0): a Python fact, fixed in a
@@ -153,8 +168,6 @@ class FP32StateOptimizer(torch.optim.Optimizer):
             # `_step_compiling` may use to leave the first-call branch out of the later calls' update loops.
             fresh = [len(self.state[p]) == 0 for p in params]
             for p in params:
-                if p.grad.is_sparse:
-                    raise RuntimeError(f"{name} does not support sparse gradients")
                 state = self._init_state(p)
                 if count_first:
                     state["step"] += 1

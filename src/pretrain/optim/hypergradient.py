@@ -47,7 +47,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError, check_range
-from ._common import adam_direction_foreach, bias_corrected_direction, check_betas
+from ._common import (adam_direction_foreach, bias_corrected_direction, check_betas, closure_loss,
+                      params_with_grads)
 from .registry import OptimizerSpec, register
 
 
@@ -87,17 +88,11 @@ class _HypergradientOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            params = params_with_grads(group, type(self).__name__)
             if not params:
                 continue
-            for p in params:
-                if p.grad.is_sparse:
-                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
             grads = self._init_and_grads(group, params)
             h = self._hypergradient(group, params, grads)
             group["hd_lr"] = group["hd_lr"] + group["hyper_lr"] * float(h)

@@ -42,7 +42,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError, check_range
-from ._common import adam_direction_foreach, check_betas
+from ._common import adam_direction_foreach, check_betas, closure_loss, params_with_grads
 from .registry import OptimizerSpec, register
 
 BASES = ("sgd", "momentum", "adam")
@@ -94,17 +94,12 @@ class RDBD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            params = params_with_grads(group, "RDBD")
             if not params:
                 continue
             for p in params:
-                if p.grad.is_sparse:
-                    raise RuntimeError("RDBD does not support sparse gradients")
                 self._init_state(p, group["base"])
             if self.foreach:
                 self._step_foreach(group, params)
