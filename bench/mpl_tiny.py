@@ -412,7 +412,8 @@ def main(argv=None) -> int:
     r2_dirs = [runs[n][s]["run_dir"] for s in args.seeds for n in r2_names]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        params2, report2 = fit(load(r2_dirs, *variants(args)[PRIMARY][:2]), skip_fraction=variants(args)[PRIMARY][2])
+        key, smooth, skip = variants(args)[PRIMARY]
+        params2, report2 = fit(load(r2_dirs, key, smooth), skip_fraction=skip)
     lrs2 = optimize_schedule(params2, total_steps=args.steps, peak_lr=PEAK_LR, warmup_steps=args.warmup,
                              iters=args.iters)
     sched2_path = os.path.join(args.out, "mpl_schedule_round2.json")

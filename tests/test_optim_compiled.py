@@ -25,6 +25,18 @@ def make_groups(seed=0):
     return [{"params": [w], "weight_decay": 0.1}, {"params": [b], "weight_decay": 0.0}]
 
 
+def same_gradients_and_lr(eager, compiled, t: int, seed: int) -> None:
+    """Step t's inputs for both optimizers: the same random gradients (new tensors every step, as zero_grad(None)
+    gives) and a scheduled lr (a new float every step)."""
+    gen = torch.Generator().manual_seed(seed)
+    for pe, pc in zip(params_of(eager), params_of(compiled)):
+        g = torch.randn(pe.shape, generator=gen)
+        pe.grad, pc.grad = g.clone(), g.clone()
+    for opt in (eager, compiled):
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * (1.0 - 0.15 * t)
+
+
 def assert_close_relative(actual, expected, rel=1e-6):
     """Equal to `rel` of the tensor's largest magnitude (elementwise relative error means little near 0)."""
     scale = float(expected.abs().max()) or 1.0
@@ -47,13 +59,7 @@ def test_compiled_step_equals_eager(name):
     counters.clear()
     graphs = []
     for t in range(STEPS):
-        gen = torch.Generator().manual_seed(100 + t)
-        for pe, pc in zip(params_of(eager), params_of(compiled)):
-            g = torch.randn(pe.shape, generator=gen)
-            pe.grad, pc.grad = g.clone(), g.clone()  # new gradient tensors every step, as zero_grad(None) gives
-        for opt in (eager, compiled):
-            for group in opt.param_groups:
-                group["lr"] = group["initial_lr"] * (1.0 - 0.15 * t)  # a schedule: a new float every step
+        same_gradients_and_lr(eager, compiled, t, seed=100 + t)
         eager.step()
         compiled.step()
         graphs.append(counters["stats"]["unique_graphs"])
@@ -94,13 +100,7 @@ def test_step_counters_keep_the_graph_fused(name):
     counters.clear()
     graphs = []
     for t in range(STEPS):
-        gen = torch.Generator().manual_seed(200 + t)
-        for pe, pc in zip(params_of(eager), params_of(compiled)):
-            g = torch.randn(pe.shape, generator=gen)
-            pe.grad, pc.grad = g.clone(), g.clone()
-        for opt in (eager, compiled):
-            for group in opt.param_groups:
-                group["lr"] = group["initial_lr"] * (1.0 - 0.15 * t)
+        same_gradients_and_lr(eager, compiled, t, seed=200 + t)
         eager.step()
         if t == STEPS - 1:
             with torch.profiler.profile() as prof:

@@ -118,7 +118,7 @@ class ADOPT(FP32StateOptimizer):
         lr, eps, wd, clip_exponent = group["lr"], group["eps"], group["weight_decay"], group["clip_exponent"]
         beta1, beta2 = group["betas"]
         steps = [self.state[p]["step"] for p in params]
-        clips = step_scalars(steps, lambda t: t ** clip_exponent) if clip_exponent is not None else steps
+        clips = step_scalars(steps, lambda t: t ** clip_exponent) if clip_exponent is not None else [None] * len(steps)
         for p, new, c in zip(params, fresh, clips):
             state = self.state[p]
             m, v = state["exp_avg"], state["exp_avg_sq"]
