@@ -30,7 +30,7 @@ def _grads_numpy(w, b, x, y):
 
 
 def _loss_torch(w, b, x, y):
-    r = torch.from_numpy(x) @ w.T + b - torch.from_numpy(y)
+    r = torch.from_numpy(x).to(w.dtype) @ w.T + b - torch.from_numpy(y).to(w.dtype)
     return 0.5 * (r ** 2).sum() / len(x)
 
 
@@ -92,9 +92,9 @@ def _torch_run(opt, w, b, batches, factors, start=0):
     return history, alphas
 
 
-def _build(cls, w0, b0, grouping, foreach, **hp):
-    w = torch.tensor(w0, requires_grad=True)
-    b = torch.tensor(b0, requires_grad=True)
+def _build(cls, w0, b0, grouping, foreach, dtype=torch.float64, **hp):
+    w = torch.tensor(w0, dtype=dtype, requires_grad=True)
+    b = torch.tensor(b0, dtype=dtype, requires_grad=True)
     tensors = [w, b]
     groups = [{"params": [tensors[i] for i in idx], "lr": lr} for idx, lr in grouping]
     return cls(groups, foreach=foreach, **hp), w, b
@@ -128,6 +128,29 @@ def test_matches_numpy_reference(method, cls, hp, grouping, foreach, scheduled):
     assert abs(got_alpha[-1][0] / grouping[0][1] - 1) > 1e-3
     assert opt.metrics() == {"hd_lr": got_alpha[-1][0]}
     assert opt.param_groups[0]["lr"] == pytest.approx(grouping[0][1] * factors[STEPS - 1])
+
+
+@pytest.mark.parametrize("method,cls,hp", CASES[:2])
+@pytest.mark.parametrize("grouping", GROUPINGS, ids=["one_group", "two_groups"])
+def test_fp32_fused_kernel_path_matches_numpy_reference(method, cls, hp, grouping, monkeypatch):
+    """fp32 CPU parameters take the fused dot-and-update kernel (_cpu_kernels.py) for SGD-HD and SGD-HD with heavy
+    ball momentum: the same rule as the fp64 NumPy loop, to fp32 accuracy; the torch-op fallback is never used."""
+    from pretrain.optim import _cpu_kernels
+
+    assert _cpu_kernels.available()
+
+    def no_fallback(*args):
+        raise AssertionError("the fused kernel was not used")
+
+    monkeypatch.setattr(_cpu_kernels, "_dot_update_torch", no_fallback)
+    w0, b0, batches = _problem()
+    expected, expected_alpha = hd_numpy(w0, b0, batches, grouping, method, factors=FACTORS, **hp)
+    opt, w, b = _build(cls, w0, b0, grouping, True, dtype=torch.float32, **hp)
+    got, got_alpha = _torch_run(opt, w, b, batches, FACTORS)
+    for t in range(STEPS):
+        for gp, ep in zip(got[t], expected[t]):
+            np.testing.assert_allclose(gp, ep, rtol=2e-5, atol=1e-6, err_msg=f"step {t + 1}")
+        np.testing.assert_allclose(got_alpha[t], expected_alpha[t], rtol=2e-5, err_msg=f"alpha, step {t + 1}")
 
 
 @pytest.mark.parametrize("method,cls,hp", CASES)

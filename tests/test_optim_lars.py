@@ -47,14 +47,14 @@ def numpy_lars(steps, lr, mu, wd, tc, eps, exclude_vectors):
     return ps
 
 
-def torch_params():
-    return [torch.tensor(a) for a in init_arrays()]
+def torch_params(dtype=torch.float64):
+    return [torch.tensor(a, dtype=dtype) for a in init_arrays()]
 
 
 def run(opt, params, t0, t1):
     for t in range(t0, t1):
         for i, p in enumerate(params):
-            p.grad = torch.tensor(grad(t, i, p.detach().numpy()))
+            p.grad = torch.tensor(grad(t, i, p.detach().double().numpy()), dtype=p.dtype)
         opt.step()
 
 
@@ -69,6 +69,25 @@ def test_matches_numpy_reference(foreach, exclude_vectors):
     ref = numpy_lars(STEPS, *HP.values(), exclude_vectors)
     for p, r in zip(params, ref):
         np.testing.assert_allclose(p.numpy(), r, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("exclude_vectors", [True, False])
+def test_fp32_fused_norm_kernel_matches_numpy_reference(exclude_vectors, monkeypatch):
+    """fp32 CPU parameters take the fused ||w||^2, ||g||^2 kernel (_cpu_kernels.py): the fp64 NumPy rule to fp32
+    accuracy; the torch-op fallback is never used."""
+    from pretrain.optim import _cpu_kernels
+
+    assert _cpu_kernels.available()
+
+    def no_fallback(*args):
+        raise AssertionError("the fused kernel was not used")
+
+    monkeypatch.setattr(_cpu_kernels, "_sq_norms_torch", no_fallback)
+    params = torch_params(torch.float32)
+    run(LARS(params, **HP, exclude_vectors=exclude_vectors), params, 0, STEPS)
+    ref = numpy_lars(STEPS, *HP.values(), exclude_vectors)
+    for p, r in zip(params, ref):
+        np.testing.assert_allclose(p.numpy(), r, rtol=2e-5, atol=1e-6)
 
 
 def test_first_step():

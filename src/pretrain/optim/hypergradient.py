@@ -47,6 +47,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError, check_range
+from . import _cpu_kernels
 from ._common import (adam_direction_foreach, bias_corrected_direction, check_betas, closure_loss,
                       params_with_grads)
 from .registry import OptimizerSpec, register
@@ -116,6 +117,8 @@ class SGDHD(_HypergradientOptimizer):
                         weight_decay=weight_decay)
         self._validate({**defaults})
         super().__init__(params, defaults, foreach)
+        if self.foreach:
+            _cpu_kernels.prepare(self.param_groups)
 
     @staticmethod
     def _validate(group: dict) -> None:
@@ -149,6 +152,11 @@ class SGDHD(_HypergradientOptimizer):
 
     def _hypergradient(self, group, params, grads):
         key = "prev_direction" if self._keeps_prev_direction(group) else "momentum_buffer"
+        if self.foreach and not group["nesterov"]:
+            # One pass over g and the previous direction q: h = sum dot(g, q), and q becomes this step's
+            # direction (plain SGD: q <- g; heavy ball: q <- momentum * q + g), which does not depend on the new
+            # rate; `_update_foreach` then only moves the parameters along q.
+            return _cpu_kernels.dot_update_(grads, [self.state[p][key] for p in params], group["momentum"], 1.0)
         return _sum([_dot(g, self.state[p][key]) for p, g in zip(params, grads)], params[0])
 
     def _update_reference(self, group, params, grads, lr_t):
@@ -168,16 +176,16 @@ class SGDHD(_HypergradientOptimizer):
     def _update_foreach(self, group, params, grads, lr_t):
         momentum = group["momentum"]
         states = [self.state[p] for p in params]
-        if momentum != 0:
-            bufs = [s["momentum_buffer"] for s in states]
-            torch._foreach_mul_(bufs, momentum)
-            torch._foreach_add_(bufs, grads)
-            directions = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
-        else:
-            directions = grads
+        if not group["nesterov"]:  # `_hypergradient` already made the direction (prev_direction / momentum_buffer)
+            key = "prev_direction" if momentum == 0 else "momentum_buffer"
+            torch._foreach_add_(params, [s[key] for s in states], alpha=-lr_t)
+            return
+        bufs = [s["momentum_buffer"] for s in states]  # nesterov: u = g + momentum * buf, after the buffer's update
+        torch._foreach_mul_(bufs, momentum)
+        torch._foreach_add_(bufs, grads)
+        directions = torch._foreach_add(grads, bufs, alpha=momentum)
         torch._foreach_add_(params, directions, alpha=-lr_t)
-        if self._keeps_prev_direction(group):
-            torch._foreach_copy_([s["prev_direction"] for s in states], directions)
+        torch._foreach_copy_([s["prev_direction"] for s in states], directions)
 
 
 class AdamHD(_HypergradientOptimizer):

@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
+from . import _cpu_kernels
 from ._common import FP32StateOptimizer, LOW_PRECISION, buckets, number, state_dtype, write_back
 from .registry import OptimizerSpec, register
 
@@ -63,6 +64,7 @@ class LARS(FP32StateOptimizer):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient,
                         eps=eps, exclude_vectors=exclude_vectors)
         super().__init__(params, defaults, foreach=foreach, check_group=_check_group)
+        _cpu_kernels.prepare(self.param_groups)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -98,8 +100,8 @@ class LARS(FP32StateOptimizer):
             if excluded:
                 ds = gs
             else:
-                w_norms = torch.stack(torch._foreach_norm(ws))
-                g_norms = torch.stack(torch._foreach_norm(gs))
+                # ||w||^2 and ||g||^2 in one pass over both (a fused CPU kernel where it applies, _cpu_kernels.py)
+                w_norms, g_norms = _cpu_kernels.sq_norms(ws, gs).sqrt().to(bufs[0].dtype).unbind(1)
                 trust = torch.where((w_norms > 0) & (g_norms > 0), tc * w_norms / (g_norms + wd * w_norms + eps),
                                     torch.ones_like(w_norms))
                 ds = torch._foreach_add(gs, ws, alpha=wd)

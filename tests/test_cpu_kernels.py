@@ -1,0 +1,99 @@
+"""The fused CPU kernels of pretrain.optim._cpu_kernels against NumPy, their torch-op fallback, and torch.compile."""
+import numpy as np
+import pytest
+import torch
+
+from pretrain.optim import _cpu_kernels
+
+# sizes around the vector width (16), the unrolled block, and the 16384-element chunk (several chunks + a tail)
+SHAPES = [(1,), (15,), (16,), (17,), (33,), (3, 7), (16384,), (40000,), (130, 257)]
+
+
+def _tensors(seed):
+    rng = np.random.default_rng(seed)
+    return [torch.from_numpy(rng.normal(size=s).astype(np.float32)) for s in SHAPES]
+
+
+def test_kernels_are_built_here():
+    assert _cpu_kernels.available(), _cpu_kernels._failed
+
+
+@pytest.mark.parametrize("a,b", [(0.0, 1.0), (0.9, 1.0), (0.5, -2.0)])
+def test_dot_update_against_numpy(a, b):
+    gs, qs = _tensors(0), _tensors(1)
+    g_np = [g.numpy().copy() for g in gs]
+    q_np = [q.numpy().copy() for q in qs]
+    h = _cpu_kernels.dot_update_(gs, qs, a, b)
+    assert h.dtype == torch.float64 and h.ndim == 0
+    expected = sum(float(np.dot(g.astype(np.float64).ravel(), q.astype(np.float64).ravel())) for g, q in zip(g_np, q_np))
+    scale = sum(float(np.abs(g.astype(np.float64) * q).sum()) for g, q in zip(g_np, q_np))
+    assert abs(float(h) - expected) <= 1e-6 * scale
+    for q, gn, qn in zip(qs, g_np, q_np):
+        # fp32 multiply, then add: bitwise what q.mul_(a).add_(g, alpha=b) gives (a copy for a=0, b=1)
+        want = gn if (a, b) == (0.0, 1.0) else np.float32(a) * qn + np.float32(b) * gn
+        np.testing.assert_array_equal(q.numpy(), want)
+
+
+def test_dot_update_matches_torch_ops_bitwise_on_the_update():
+    gs, qs = _tensors(2), _tensors(3)
+    qs_ref = [q.clone() for q in qs]
+    _cpu_kernels.dot_update_(gs, qs, 0.9, 1.0)
+    torch._foreach_mul_(qs_ref, 0.9)
+    torch._foreach_add_(qs_ref, gs)
+    for q, r in zip(qs, qs_ref):
+        assert torch.equal(q, r)
+
+
+def test_sq_norms_against_numpy():
+    xs, ys = _tensors(4), _tensors(5)
+    out = _cpu_kernels.sq_norms(xs, ys)
+    assert out.shape == (len(SHAPES), 2) and out.dtype == torch.float64
+    for k, (x, y) in enumerate(zip(xs, ys)):
+        for j, t in enumerate((x, y)):
+            want = float((t.numpy().astype(np.float64) ** 2).sum())
+            assert float(out[k, j]) == pytest.approx(want, rel=1e-6)
+
+
+def test_ineligible_inputs_fall_back_to_torch_ops():
+    """fp64 tensors and strided views do not go to the kernels; the results are the same rule."""
+    g64 = [torch.randn(5, 4, dtype=torch.float64)]
+    q64 = [torch.randn(5, 4, dtype=torch.float64)]
+    want = float((g64[0] * q64[0]).sum())
+    h = _cpu_kernels.dot_update_(g64, q64, 0.0, 1.0)
+    assert float(h) == pytest.approx(want, rel=1e-12) and torch.equal(q64[0], g64[0])
+    base = torch.randn(6, 8)
+    xs = [base[:, ::2]]  # non-contiguous
+    assert not xs[0].is_contiguous()
+    out = _cpu_kernels.sq_norms(xs, xs)
+    assert float(out[0, 0]) == pytest.approx(float((xs[0].double() ** 2).sum()), rel=1e-6)
+
+
+def test_kernel_and_fallback_agree(monkeypatch):
+    gs, qs = _tensors(6), _tensors(7)
+    qs2 = [q.clone() for q in qs]
+    h_kernel = _cpu_kernels.dot_update_(gs, qs, 0.8, 1.0)
+    n_kernel = _cpu_kernels.sq_norms(gs, qs)
+    monkeypatch.setattr(_cpu_kernels, "available", lambda: False)
+    h_torch = _cpu_kernels.dot_update_(gs, qs2, 0.8, 1.0)
+    n_torch = _cpu_kernels.sq_norms(gs, qs2)
+    assert float(h_kernel) == pytest.approx(float(h_torch), rel=1e-5)
+    for q, q2 in zip(qs, qs2):
+        assert torch.equal(q, q2)
+    torch.testing.assert_close(n_kernel, n_torch, rtol=1e-5, atol=0)
+
+
+def test_custom_ops_under_torch_compile():
+    """Inside a compiled function the kernels are custom ops: same values, and the in-place update happens."""
+    gs, qs = _tensors(8), _tensors(9)
+    qs_eager = [q.clone() for q in qs]
+
+    def f(gs, qs):
+        h = _cpu_kernels.dot_update_(gs, qs, 0.5, 1.0)
+        return h, _cpu_kernels.sq_norms(gs, qs)
+
+    h_c, n_c = torch.compile(f, fullgraph=True)(gs, qs)
+    h_e, n_e = f(gs, qs_eager)
+    assert float(h_c) == pytest.approx(float(h_e), rel=1e-12)
+    torch.testing.assert_close(n_c, n_e, rtol=1e-12, atol=0)
+    for q, q2 in zip(qs, qs_eager):
+        assert torch.equal(q, q2)
