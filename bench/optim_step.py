@@ -65,6 +65,24 @@ REFERENCES = {
     ],
 }
 
+# Memory-traffic floor of a step, for the optimizers written here (registry defaults, fp32 state): bytes per
+# parameter that the update rule must move at least, counting 4 for a tensor read, 8 for one read and written
+# (and 8 for one only written: the CPU reads a cache line before writing it). On a step that is bound by memory
+# bandwidth (fused AdamW's is, here), `MIN_BYTES[name] / MIN_BYTES["adamw"]` is the best ratio to fused AdamW a
+# kernel can reach at AdamW's bandwidth: the `bound` column.
+MIN_BYTES = {
+    "adamw": 28,  # p, m, v read+written, g read
+    "adopt": 28,  # same tensors as AdamW
+    "lion": 20,  # p, m, g
+    "sophia": 24,  # p, m, g; the Hessian EMA h only read (it is written every k-th step, by the estimate)
+    # two passes (a reduction over all of a tensor must finish before its update):
+    "lars": 28,  # 1: ||w||, ||g|| (w, g read); 2: g read, w and the momentum buffer read+written
+    "lamb": 40,  # 1: m, v updated, r and ||w||, ||r|| on the fly (g, w read); 2: r recomputed (m, v, w read), w written
+    "sgd_hd": 24,  # 1: h = g.u_prev, u_prev <- g (g read, u_prev read+written); 2: p read+written, u_prev read
+    "adam_hd": 36,  # 1: h from m, v of t-1, then m, v updated (g read, m, v read+written); 2: m, v read, p written
+    "rdbd": 52,  # one pass: g read; p, a, gbar, last_raise, m, v read+written (base=adam)
+}
+
 # compile pays when the compiled step takes less than this fraction of the eager one (median over rounds)
 PAYS_BELOW = 0.9
 
@@ -176,6 +194,7 @@ def bench_one(name, model, baseline, args, compile_names, log) -> dict:
 
     spec = OPTIMIZERS[name]
     row = {"name": name, "source": spec.source, "eager": None, "compiled": None, "compile_s": None,
+           "bound": MIN_BYTES[name] / MIN_BYTES["adamw"] if name in MIN_BYTES else None,
            "references": {}, "state_bytes_per_param": None, "note": ""}
     n_params = sum(p.numel() for p in model.parameters())
     try:
@@ -259,12 +278,14 @@ def fmt(x, spec="{:.2f}"):
 
 
 def table(rows) -> str:
-    head = ["optimizer", "source", "eager", "compiled", "compile s", "reference packages", "state B/param", "note"]
+    head = ["optimizer", "source", "eager", "compiled", "bound", "compile s", "reference packages", "state B/param",
+            "note"]
     body = []
     for r in rows:
         refs = ", ".join(f"{k} {fmt(v)}" if not isinstance(v, str) else f"{k} ({v})"
                          for k, v in r["references"].items()) or "-"
-        body.append([r["name"], r["source"], fmt(r["eager"]), fmt(r["compiled"]), fmt(r["compile_s"], "{:.0f}"),
+        body.append([r["name"], r["source"], fmt(r["eager"]), fmt(r["compiled"]), fmt(r.get("bound")),
+                     fmt(r["compile_s"], "{:.0f}"),
                      refs, fmt(r["state_bytes_per_param"], "{:.2f}"), r["note"] or ""])
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731

@@ -17,10 +17,30 @@ def test_optim_step_bench_prints_table(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("optimizer"))
-    for col in ("source", "eager", "compiled", "reference packages", "state B/param"):
+    for col in ("source", "eager", "compiled", "bound", "reference packages", "state B/param"):
         assert col in lines[header]
     rows = {line.split()[0]: line for line in lines[header + 2:header + 4]}
     assert set(rows) == {"adopt", "lion"}
     assert rows["adopt"].split()[1] == "here"
     float(rows["adopt"].split()[2])  # the eager ratio is a number
     assert out.exists()
+    import json
+
+    data = json.loads(out.read_text())
+    bounds = {r["name"]: r["bound"] for r in data["rows"]}
+    assert bounds == {"adopt": 1.0, "lion": 20 / 28}  # the traffic floor column (MIN_BYTES / AdamW's 28 B)
+
+
+def test_traffic_floor_table_names_registered_optimizers():
+    """MIN_BYTES (the `bound` column) is keyed by registered names; one-pass optimizers' floors are
+    12 B (p read+written, g read) + each state tensor read and written."""
+    import importlib.util
+
+    from pretrain.optim import OPTIMIZERS
+
+    spec = importlib.util.spec_from_file_location("optim_step", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert set(mod.MIN_BYTES) <= set(OPTIMIZERS)
+    for name, n_state in {"adamw": 2, "adopt": 2, "lion": 1, "rdbd": 5}.items():
+        assert mod.MIN_BYTES[name] == 12 + 8 * n_state
