@@ -54,6 +54,34 @@ def test_sq_norms_against_numpy():
             assert float(out[k, j]) == pytest.approx(want, rel=1e-6)
 
 
+@pytest.mark.parametrize("wd,steps", [(0.0, (1, 1, 1, 1, 1, 1, 1, 1, 1)), (0.1, (1, 2, 3, 4, 5, 6, 7, 8, 9))])
+def test_lamb_moments_norms_against_numpy(wd, steps, monkeypatch):
+    b1, b2, eps = 0.9, 0.99, 1e-6
+    gs, ws, ms = _tensors(10), _tensors(11), _tensors(12)
+    vs = [t.abs() for t in _tensors(13)]
+    c1s = [1 - b1 ** t for t in steps]
+    c2s = [1 - b2 ** t for t in steps]
+    g_np, w_np, m_np, v_np = ([t.numpy().astype(np.float64) for t in ts] for ts in (gs, ws, ms, vs))
+    ms2, vs2 = [m.clone() for m in ms], [v.clone() for v in vs]
+    out, rs = _cpu_kernels.lamb_moments_norms_(gs, ws, ms, vs, (b1, b2), c1s, c2s, eps, wd)
+    assert rs is None  # the kernel ran: r is not stored
+    for k in range(len(SHAPES)):
+        m = b1 * m_np[k] + (1 - b1) * g_np[k]
+        v = b2 * v_np[k] + (1 - b2) * g_np[k] ** 2
+        np.testing.assert_allclose(ms[k].numpy(), m, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(vs[k].numpy(), v, rtol=1e-6, atol=1e-7)
+        r = (m / c1s[k]) / (np.sqrt(v / c2s[k]) + eps) + wd * w_np[k]
+        assert float(out[k, 0]) == pytest.approx(float((w_np[k] ** 2).sum()), rel=1e-6)
+        assert float(out[k, 1]) == pytest.approx(float((r ** 2).sum()), rel=1e-5)
+    # the torch-op version: same moments and norms, and it hands back r
+    monkeypatch.setattr(_cpu_kernels, "available", lambda: False)
+    out2, rs2 = _cpu_kernels.lamb_moments_norms_(gs, ws, ms2, vs2, (b1, b2), c1s, c2s, eps, wd)
+    assert len(rs2) == len(SHAPES)
+    torch.testing.assert_close(out2, out, rtol=1e-5, atol=0)
+    for a, b in zip(ms + vs, ms2 + vs2):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_ineligible_inputs_fall_back_to_torch_ops():
     """fp64 tensors and strided views do not go to the kernels; the results are the same rule."""
     g64 = [torch.randn(5, 4, dtype=torch.float64)]
@@ -89,11 +117,14 @@ def test_custom_ops_under_torch_compile():
 
     def f(gs, qs):
         h = _cpu_kernels.dot_update_(gs, qs, 0.5, 1.0)
-        return h, _cpu_kernels.sq_norms(gs, qs)
+        c = [torch.tensor(0.5, dtype=torch.float64)] * len(gs)  # tensor corrections, as step_scalars gives them
+        lamb, _ = _cpu_kernels.lamb_moments_norms_(gs, gs, qs, [q.abs() for q in qs], (0.9, 0.99), c, c, 1e-6, 0.1)
+        return h, _cpu_kernels.sq_norms(gs, qs), lamb
 
-    h_c, n_c = torch.compile(f, fullgraph=True)(gs, qs)
-    h_e, n_e = f(gs, qs_eager)
+    h_c, n_c, l_c = torch.compile(f, fullgraph=True)(gs, qs)
+    h_e, n_e, l_e = f(gs, qs_eager)
     assert float(h_c) == pytest.approx(float(h_e), rel=1e-12)
     torch.testing.assert_close(n_c, n_e, rtol=1e-12, atol=0)
+    torch.testing.assert_close(l_c, l_e, rtol=1e-12, atol=0)
     for q, q2 in zip(qs, qs_eager):
         assert torch.equal(q, q2)

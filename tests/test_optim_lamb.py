@@ -52,14 +52,14 @@ def numpy_lamb(steps, lr, b1, b2, eps, wd, clamp_value=None, bias_correction=Tru
     return ps
 
 
-def torch_params():
-    return [torch.tensor(a) for a in init_arrays()]
+def torch_params(dtype=torch.float64):
+    return [torch.tensor(a, dtype=dtype) for a in init_arrays()]
 
 
 def run(opt, params, t0, t1):
     for t in range(t0, t1):
         for i, p in enumerate(params):
-            p.grad = torch.tensor(grad(t, i, p.detach().numpy()))
+            p.grad = torch.tensor(grad(t, i, p.detach().double().numpy()), dtype=p.dtype)
         opt.step()
 
 
@@ -77,6 +77,25 @@ def test_matches_numpy_reference(foreach, variant):
         np.testing.assert_allclose(p.numpy(), r, rtol=1e-6, atol=1e-12)
     if variant.get("clamp_value"):  # the clamp is exercised: some tensor has ||p|| above it
         assert max(float(np.linalg.norm(a)) for a in init_arrays()) > variant["clamp_value"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fp32_fused_kernel_matches_numpy_reference(variant, monkeypatch):
+    """fp32 CPU parameters take the fused moments + norms pass (_cpu_kernels.py): the fp64 NumPy rule to fp32
+    accuracy; the torch-op fallback is never used."""
+    from pretrain.optim import _cpu_kernels
+
+    assert _cpu_kernels.available()
+
+    def no_fallback(*args):
+        raise AssertionError("the fused kernel was not used")
+
+    monkeypatch.setattr(_cpu_kernels, "_lamb_moments_norms_torch", no_fallback)
+    params = torch_params(torch.float32)
+    run(LAMB(params, **HP, **variant), params, 0, STEPS)
+    ref = numpy_lamb(STEPS, HP["lr"], *HP["betas"], HP["eps"], HP["weight_decay"], **variant)
+    for p, r in zip(params, ref):
+        np.testing.assert_allclose(p.numpy(), r, rtol=2e-5, atol=1e-6)
 
 
 def test_first_step():

@@ -73,8 +73,22 @@ def step_scalars(steps: list, fn) -> list:
         # separate 0-dim values, the scalar math (a pow) is inlined into the update loop and recomputed at every
         # vector iteration (the loop reloads the step: it cannot prove that the outputs do not alias it), which
         # made compiled ADOPT 1.45x, not 1.0x, torch's fused AdamW.
-        return list(torch.stack(out).unbind(0)) if out else out
+        return list(materialize(torch.stack(out)).unbind(0)) if out else out
     return [fn(t.item() if torch.is_tensor(t) else t) for t in steps]
+
+
+@torch.library.custom_op("pretrain::materialize", mutates_args=())
+def materialize(x: torch.Tensor) -> torch.Tensor:
+    """A copy of x that torch.compile cannot see through: Inductor computes x once into a buffer, and the loops that
+    use it load the values. Without it, Inductor inlines the scalar math that makes a small tensor (a pow, a sqrt, a
+    division: bias corrections, trust ratios) into every vectorized loop that reads it, and recomputes it at every
+    16-element iteration (seen in the generated C++). For small tensors (per-tensor scalars) only."""
+    return x.clone()
+
+
+@materialize.register_fake
+def _(x):
+    return torch.empty_like(x)
 
 
 def closure_loss(closure):
@@ -187,10 +201,16 @@ def bias_corrected_direction(ms: list, vs: list, steps: list, betas, eps) -> lis
     """Multi-tensor Adam direction `(m / (1 - beta1**t)) / (sqrt(v / (1 - beta2**t)) + eps)`, with the bias
     corrections of each tensor's step t (the reference paths' expression, op for op)."""
     beta1, beta2 = betas
-    denom = torch._foreach_div(vs, step_scalars(steps, lambda t: 1 - beta2 ** t))
+    return corrected_direction(ms, vs, step_scalars(steps, lambda t: 1 - beta1 ** t),
+                               step_scalars(steps, lambda t: 1 - beta2 ** t), eps)
+
+
+def corrected_direction(ms: list, vs: list, c1s: list, c2s: list, eps) -> list:
+    """Multi-tensor `(m / c1) / (sqrt(v / c2) + eps)` with each tensor's corrections c1, c2."""
+    denom = torch._foreach_div(vs, c2s)
     torch._foreach_sqrt_(denom)
     torch._foreach_add_(denom, eps)
-    out = torch._foreach_div(ms, step_scalars(steps, lambda t: 1 - beta1 ** t))
+    out = torch._foreach_div(ms, c1s)
     torch._foreach_div_(out, denom)
     return out
 

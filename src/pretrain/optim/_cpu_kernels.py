@@ -134,6 +134,65 @@ at::Tensor sq_norms(const std::vector<at::Tensor>& xs, const std::vector<at::Ten
   }
   return out;
 }
+
+// LAMB's first pass, per tensor k: m <- b1 * m + (1 - b1) * g;  v <- b2 * v + (1 - b2) * g * g;
+// r = (m / c1[k]) / (sqrt(v / c2[k]) + eps) + wd * w (not stored);  out[k] = (sum(w^2), sum(r^2))
+at::Tensor lamb_moments_norms_(const std::vector<at::Tensor>& gs, const std::vector<at::Tensor>& ws,
+                               const std::vector<at::Tensor>& ms, const std::vector<at::Tensor>& vs, double beta1,
+                               double beta2, const at::Tensor& c1, const at::Tensor& c2, double eps, double wd) {
+  constexpr int64_t V = Vec::size();
+  const float b1 = beta1, b2 = beta2, ob1 = 1.0 - beta1, ob2 = 1.0 - beta2, fe = eps, fwd = wd;
+  const Vec vb1(b1), vb2(b2), vob1(ob1), vob2(ob2), ve(fe), vwd(fwd);
+  const double* c1p = c1.data_ptr<double>();
+  const double* c2p = c2.data_ptr<double>();
+  auto out = at::zeros({static_cast<int64_t>(gs.size()), 2}, at::kDouble);
+  double* o = out.data_ptr<double>();
+  for (size_t k = 0; k < gs.size(); ++k) {
+    const float* g = gs[k].data_ptr<float>();
+    const float* w = ws[k].data_ptr<float>();
+    float* m = ms[k].data_ptr<float>();
+    float* v = vs[k].data_ptr<float>();
+    const float fc1 = c1p[k], fc2 = c2p[k];
+    const Vec vc1(fc1), vc2(fc2);
+    const int64_t n = gs[k].numel(), nc = n_chunks(n);
+    std::vector<double> pw(nc, 0.0), pr(nc, 0.0);
+    at::parallel_for(0, nc, 1, [&](int64_t c0, int64_t c1_) {
+      for (int64_t c = c0; c < c1_; ++c) {
+        const int64_t hi = std::min(n, (c + 1) * CHUNK);
+        int64_t i = c * CHUNK;
+        Vec sw(0.0f), sr(0.0f);
+        for (; i + V <= hi; i += V) {
+          const Vec gv = Vec::loadu(g + i), wv = Vec::loadu(w + i);
+          const Vec mv = Vec::loadu(m + i) * vb1 + gv * vob1;
+          const Vec vv = Vec::loadu(v + i) * vb2 + gv * gv * vob2;
+          mv.store(m + i);
+          vv.store(v + i);
+          const Vec r = (mv / vc1) / ((vv / vc2).sqrt() + ve) + vwd * wv;
+          sw = sw + wv * wv;
+          sr = sr + r * r;
+        }
+        float tw = hsum(sw), tr = hsum(sr);
+        for (; i < hi; ++i) {
+          m[i] = m[i] * b1 + g[i] * ob1;
+          v[i] = v[i] * b2 + g[i] * g[i] * ob2;
+          const float r = (m[i] / fc1) / (std::sqrt(v[i] / fc2) + fe) + fwd * w[i];
+          tw += w[i] * w[i];
+          tr += r * r;
+        }
+        pw[c] = tw;
+        pr[c] = tr;
+      }
+    });
+    double tw = 0.0, tr = 0.0;
+    for (int64_t c = 0; c < nc; ++c) {
+      tw += pw[c];
+      tr += pr[c];
+    }
+    o[2 * k] = tw;
+    o[2 * k + 1] = tr;
+  }
+  return out;
+}
 """
 
 _module = None
@@ -162,7 +221,7 @@ def _build():
         from torch.utils.cpp_extension import load_inline
 
         flags = _flags()
-        _module = load_inline("pretrain_cpu_kernels", cpp_sources=_SOURCE, functions=["dot_update_", "sq_norms"],
+        _module = load_inline("pretrain_cpu_kernels", cpp_sources=_SOURCE, functions=["dot_update_", "sq_norms", "lamb_moments_norms_"],
                               extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as e:  # no compiler / ninja: torch ops instead, same results
         _failed = f"{type(e).__name__}: {e}"
@@ -209,6 +268,20 @@ def _sq_norms_torch(xs, ys) -> torch.Tensor:
     return torch.stack([x2, y2], dim=1)
 
 
+def _lamb_moments_norms_torch(gs, ws, ms, vs, betas, c1s, c2s, eps, wd):
+    from ._common import corrected_direction
+
+    beta1, beta2 = betas
+    torch._foreach_mul_(ms, beta1)
+    torch._foreach_add_(ms, gs, alpha=1 - beta1)
+    torch._foreach_mul_(vs, beta2)
+    torch._foreach_addcmul_(vs, gs, gs, value=1 - beta2)
+    rs = corrected_direction(ms, vs, c1s, c2s, eps)
+    if wd != 0:
+        torch._foreach_add_(rs, ws, alpha=wd)
+    return _sq_norms_torch(ws, rs), rs
+
+
 # ------------------------------------------------------------------------------------------------ custom ops
 @torch.library.custom_op("pretrain::dot_update_", mutates_args=("qs",), device_types="cpu")
 def _dot_update_op(gs: list[torch.Tensor], qs: list[torch.Tensor], a: float, b: float) -> torch.Tensor:
@@ -230,6 +303,17 @@ def _(xs, ys):
     return xs[0].new_empty((len(xs), 2), dtype=torch.float64)
 
 
+@torch.library.custom_op("pretrain::lamb_moments_norms_", mutates_args=("ms", "vs"), device_types="cpu")
+def _lamb_op(gs: list[torch.Tensor], ws: list[torch.Tensor], ms: list[torch.Tensor], vs: list[torch.Tensor],
+             beta1: float, beta2: float, c1: torch.Tensor, c2: torch.Tensor, eps: float, wd: float) -> torch.Tensor:
+    return _build().lamb_moments_norms_(gs, ws, ms, vs, beta1, beta2, c1, c2, eps, wd)
+
+
+@_lamb_op.register_fake
+def _(gs, ws, ms, vs, beta1, beta2, c1, c2, eps, wd):
+    return gs[0].new_empty((len(gs), 2), dtype=torch.float64)
+
+
 # ---------------------------------------------------------------------------------------------------- API
 def dot_update_(gs: list, qs: list, a: float, b: float) -> torch.Tensor:
     """sum_k dot(gs[k], qs[k]) (0-dim float64, computed before the update), then qs[k] <- a*qs[k] + b*gs[k]
@@ -244,3 +328,18 @@ def sq_norms(xs: list, ys: list) -> torch.Tensor:
     if xs and _eligible(xs, ys) and available():
         return _sq_norms_op(list(xs), list(ys))
     return _sq_norms_torch(xs, ys)
+
+
+def lamb_moments_norms_(gs: list, ws: list, ms: list, vs: list, betas, c1s: list, c2s: list, eps: float,
+                        wd: float):
+    """LAMB's first pass: the Adam moments ms, vs updated in place with gradients gs, and per tensor
+    (sum(w^2), sum(r^2)) with r = (m / c1) / (sqrt(v / c2) + eps) + wd * w (c1s, c2s: each tensor's bias
+    corrections, floats or 0-dim tensors). Returns (len(gs), 2) float64 and r: None where the kernel ran (r was
+    not stored; the caller recomputes it in its update pass), the list of r tensors where torch ops did."""
+    if gs and _eligible(gs, ws, ms, vs) and available():
+        as_tensor = lambda xs: (torch.stack([x.double() for x in xs]) if torch.is_tensor(xs[0])  # noqa: E731
+                                else torch.tensor(xs, dtype=torch.float64))
+        out = _lamb_op(list(gs), list(ws), list(ms), list(vs), float(betas[0]), float(betas[1]), as_tensor(c1s),
+                       as_tensor(c2s), float(eps), float(wd))
+        return out, None
+    return _lamb_moments_norms_torch(gs, ws, ms, vs, betas, c1s, c2s, eps, wd)

@@ -31,8 +31,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from ._common import (FP32StateOptimizer, LOW_PRECISION, bias_corrected_direction, buckets, check_betas, number,
-                      state_dtype, write_back)
+from . import _cpu_kernels
+from ._common import (FP32StateOptimizer, LOW_PRECISION, buckets, check_betas, corrected_direction, materialize, number,
+                      state_dtype, step_scalars, write_back)
 from .registry import OptimizerSpec, register
 
 
@@ -58,6 +59,7 @@ class LAMB(FP32StateOptimizer):
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
                         weight_decay=weight_decay, clamp_value=clamp_value, bias_correction=bias_correction)
         super().__init__(params, defaults, foreach=foreach, check_group=_check_group)
+        _cpu_kernels.prepare(self.param_groups)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -102,23 +104,24 @@ class LAMB(FP32StateOptimizer):
             vs = [s["exp_avg_sq"] for s in states]
             gs = [p.grad.to(m.dtype) for p, m in zip(ps, ms)]
             ws = [p.float() if p.dtype in LOW_PRECISION else p for p in ps]
-            torch._foreach_mul_(ms, beta1)
-            torch._foreach_add_(ms, gs, alpha=1 - beta1)
-            torch._foreach_mul_(vs, beta2)
-            torch._foreach_addcmul_(vs, gs, gs, value=1 - beta2)
             if group["bias_correction"]:  # per tensor (steps differ where a parameter missed gradients)
-                rs = bias_corrected_direction(ms, vs, [s["step"] for s in states], (beta1, beta2), eps)
+                steps = [s["step"] for s in states]
+                c1s = step_scalars(steps, lambda t: 1 - beta1 ** t)
+                c2s = step_scalars(steps, lambda t: 1 - beta2 ** t)
             else:
-                denom = torch._foreach_sqrt(vs)
-                torch._foreach_add_(denom, eps)
-                rs = torch._foreach_div(ms, denom)
-            if wd != 0:
-                torch._foreach_add_(rs, ws, alpha=wd)
-            w_norms = torch.stack(torch._foreach_norm(ws))
-            r_norms = torch.stack(torch._foreach_norm(rs))
+                c1s = c2s = [1.0] * len(ps)
+            # pass 1: moments, ||w||^2 and ||r||^2 (one fused pass on CPU: r is not stored, _cpu_kernels.py)
+            sq, rs = _cpu_kernels.lamb_moments_norms_(gs, ws, ms, vs, (beta1, beta2), c1s, c2s, eps, wd)
+            if rs is None:  # pass 2 recomputes r from the new moments (fused into the update when compiled)
+                rs = corrected_direction(ms, vs, c1s, c2s, eps)
+                if wd != 0:
+                    torch._foreach_add_(rs, ws, alpha=wd)
+            w_norms, r_norms = sq.sqrt().to(ms[0].dtype).unbind(1)
             if clamp_value is not None:
                 w_norms = w_norms.clamp(max=clamp_value)
             trust = torch.where((w_norms > 0) & (r_norms > 0), w_norms / r_norms, torch.ones_like(w_norms))
+            if torch.compiler.is_compiling():
+                trust = materialize(trust)
             torch._foreach_mul_(rs, list(trust.unbind()))
             torch._foreach_add_(ws, rs, alpha=-lr)
             write_back(ps, ws)

@@ -34,7 +34,7 @@ import torch
 
 from ..errors import ConfigError
 from . import _cpu_kernels
-from ._common import FP32StateOptimizer, LOW_PRECISION, buckets, number, state_dtype, write_back
+from ._common import FP32StateOptimizer, LOW_PRECISION, buckets, materialize, number, state_dtype, write_back
 from .registry import OptimizerSpec, register
 
 
@@ -104,6 +104,8 @@ class LARS(FP32StateOptimizer):
                 w_norms, g_norms = _cpu_kernels.sq_norms(ws, gs).sqrt().to(bufs[0].dtype).unbind(1)
                 trust = torch.where((w_norms > 0) & (g_norms > 0), tc * w_norms / (g_norms + wd * w_norms + eps),
                                     torch.ones_like(w_norms))
+                if torch.compiler.is_compiling():
+                    trust = materialize(trust)
                 ds = torch._foreach_add(gs, ws, alpha=wd)
                 torch._foreach_mul_(ds, list(trust.unbind()))
             torch._foreach_mul_(bufs, mu)
