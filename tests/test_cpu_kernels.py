@@ -82,6 +82,34 @@ def test_lamb_moments_norms_against_numpy(wd, steps, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_dot_adam_moments_against_numpy(monkeypatch):
+    """h uses each tensor's moments before the update, only where use[k]; eps=0 with zero moments (a tensor's first
+    step, use=False) gives no NaN."""
+    b1, b2, eps = 0.9, 0.99, 0.0
+    gs, ms = _tensors(14), _tensors(15)
+    vs = [t.abs() + 0.1 for t in _tensors(16)]
+    ms[0].zero_()
+    vs[0].zero_()
+    use = [k != 0 for k in range(len(SHAPES))]
+    steps = list(range(len(SHAPES)))
+    c1s = [1 - b1 ** t for t in steps]
+    c2s = [1 - b2 ** t for t in steps]
+    g_np, m_np, v_np = ([t.numpy().astype(np.float64) for t in ts] for ts in (gs, ms, vs))
+    ms2, vs2 = [m.clone() for m in ms], [v.clone() for v in vs]
+    h = _cpu_kernels.dot_adam_moments_(gs, ms, vs, (b1, b2), c1s, c2s, use, eps)
+    want = sum(float((g_np[k] * (m_np[k] / c1s[k]) / (np.sqrt(v_np[k] / c2s[k]) + eps)).sum())
+               for k in range(len(SHAPES)) if use[k])
+    assert np.isfinite(float(h)) and float(h) == pytest.approx(want, rel=1e-5)
+    for k in range(len(SHAPES)):
+        np.testing.assert_allclose(ms[k].numpy(), b1 * m_np[k] + (1 - b1) * g_np[k], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(vs[k].numpy(), b2 * v_np[k] + (1 - b2) * g_np[k] ** 2, rtol=1e-6, atol=1e-7)
+    monkeypatch.setattr(_cpu_kernels, "available", lambda: False)
+    h2 = _cpu_kernels.dot_adam_moments_(gs, ms2, vs2, (b1, b2), c1s, c2s, use, eps)
+    assert float(h2) == pytest.approx(float(h), rel=1e-5)
+    for a, b in zip(ms + vs, ms2 + vs2):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_ineligible_inputs_fall_back_to_torch_ops():
     """fp64 tensors and strided views do not go to the kernels; the results are the same rule."""
     g64 = [torch.randn(5, 4, dtype=torch.float64)]

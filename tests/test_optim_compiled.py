@@ -87,12 +87,17 @@ def test_import_is_cheap():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "importing compiled.py imports torch._dynamo"
 
 
-@pytest.mark.parametrize("name", ["lamb", "rdbd", "adam_hd"])
+# the fused CPU kernels (_cpu_kernels.py) each compiled step must call, as custom ops
+KERNEL_OPS = {"lamb": "pretrain::lamb_moments_norms_", "adam_hd": "pretrain::dot_adam_moments_",
+              "lars": "pretrain::sq_norms", "sgd_hd": "pretrain::dot_update_"}
+
+
+@pytest.mark.parametrize("name", ["lamb", "rdbd", "adam_hd", "lars", "sgd_hd"])
 def test_step_counters_keep_the_graph_fused(name):
     """The bias corrections come from each tensor's step (lamb: a tensor, rdbd/adam_hd: a Python int, which dynamo
-    makes symbolic on the third step): no graph break, no new graph after the third step, the eager result, and
-    no unfused aten::_foreach_* fallback (a list of symbolic scalars) left in the compiled step (lamb's
-    _foreach_norm aside: Inductor does not lower it)."""
+    makes symbolic on the third step): no graph break, no new graph after the third step, the eager result, no
+    unfused aten::_foreach_* fallback (a list of symbolic scalars) left in the compiled step, and the fused CPU
+    kernels called as custom ops where the optimizer has one."""
     from torch._dynamo.utils import counters
 
     eager = build_optimizer(name, make_groups(), lr=1e-2)
@@ -110,9 +115,11 @@ def test_step_counters_keep_the_graph_fused(name):
         graphs.append(counters["stats"]["unique_graphs"])
     assert graphs[-1] == graphs[2], f"recompiled after the third step: unique graphs per step {graphs}"
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
-    fallbacks = [e.key for e in prof.key_averages()
-                 if e.key.startswith("aten::_foreach_") and e.key != "aten::_foreach_norm"]
+    keys = [e.key for e in prof.key_averages()]
+    fallbacks = [k for k in keys if k.startswith("aten::_foreach_")]
     assert not fallbacks, f"unfused foreach kernels in the compiled step: {fallbacks}"
+    if name in KERNEL_OPS:
+        assert KERNEL_OPS[name] in keys, keys
     for pe, pc in zip(params_of(eager), params_of(compiled)):
         assert_close_relative(pc.detach(), pe.detach())
 

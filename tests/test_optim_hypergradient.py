@@ -130,11 +130,12 @@ def test_matches_numpy_reference(method, cls, hp, grouping, foreach, scheduled):
     assert opt.param_groups[0]["lr"] == pytest.approx(grouping[0][1] * factors[STEPS - 1])
 
 
-@pytest.mark.parametrize("method,cls,hp", CASES[:2])
+@pytest.mark.parametrize("method,cls,hp", [*CASES[:2], CASES[3]])
 @pytest.mark.parametrize("grouping", GROUPINGS, ids=["one_group", "two_groups"])
 def test_fp32_fused_kernel_path_matches_numpy_reference(method, cls, hp, grouping, monkeypatch):
-    """fp32 CPU parameters take the fused dot-and-update kernel (_cpu_kernels.py) for SGD-HD and SGD-HD with heavy
-    ball momentum: the same rule as the fp64 NumPy loop, to fp32 accuracy; the torch-op fallback is never used."""
+    """fp32 CPU parameters take the fused first-pass kernels (_cpu_kernels.py) for SGD-HD, SGD-HD with heavy ball
+    momentum (dot + direction update) and Adam-HD (dot + moments): the same rule as the fp64 NumPy loop, to fp32
+    accuracy; the torch-op fallback is never used."""
     from pretrain.optim import _cpu_kernels
 
     assert _cpu_kernels.available()
@@ -143,6 +144,7 @@ def test_fp32_fused_kernel_path_matches_numpy_reference(method, cls, hp, groupin
         raise AssertionError("the fused kernel was not used")
 
     monkeypatch.setattr(_cpu_kernels, "_dot_update_torch", no_fallback)
+    monkeypatch.setattr(_cpu_kernels, "_dot_adam_moments_torch", no_fallback)
     w0, b0, batches = _problem()
     expected, expected_alpha = hd_numpy(w0, b0, batches, grouping, method, factors=FACTORS, **hp)
     opt, w, b = _build(cls, w0, b0, grouping, True, dtype=torch.float32, **hp)

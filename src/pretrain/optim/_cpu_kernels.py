@@ -193,6 +193,53 @@ at::Tensor lamb_moments_norms_(const std::vector<at::Tensor>& gs, const std::vec
   }
   return out;
 }
+
+// Adam-HD's first pass, per tensor k: h += dot(g, (m / c1[k]) / (sqrt(v / c2[k]) + eps)) where use[k] != 0 (the
+// previous step's Adam direction, from the moments before this step), then m <- b1 * m + (1 - b1) * g and
+// v <- b2 * v + (1 - b2) * g * g
+double dot_adam_moments_(const std::vector<at::Tensor>& gs, const std::vector<at::Tensor>& ms,
+                         const std::vector<at::Tensor>& vs, double beta1, double beta2, const at::Tensor& c1,
+                         const at::Tensor& c2, const at::Tensor& use, double eps) {
+  constexpr int64_t V = Vec::size();
+  const float b1 = beta1, b2 = beta2, ob1 = 1.0 - beta1, ob2 = 1.0 - beta2, fe = eps;
+  const Vec vb1(b1), vb2(b2), vob1(ob1), vob2(ob2), ve(fe);
+  const double* c1p = c1.data_ptr<double>();
+  const double* c2p = c2.data_ptr<double>();
+  const double* up = use.data_ptr<double>();
+  double total = 0.0;
+  for (size_t k = 0; k < gs.size(); ++k) {
+    const float* g = gs[k].data_ptr<float>();
+    float* m = ms[k].data_ptr<float>();
+    float* v = vs[k].data_ptr<float>();
+    const bool dot = up[k] != 0.0;
+    const float fc1 = dot ? c1p[k] : 1.0f, fc2 = dot ? c2p[k] : 1.0f;
+    const Vec vc1(fc1), vc2(fc2);
+    const int64_t n = gs[k].numel(), nc = n_chunks(n);
+    std::vector<double> part(nc, 0.0);
+    at::parallel_for(0, nc, 1, [&](int64_t c0, int64_t c1_) {
+      for (int64_t c = c0; c < c1_; ++c) {
+        const int64_t hi = std::min(n, (c + 1) * CHUNK);
+        int64_t i = c * CHUNK;
+        Vec acc(0.0f);
+        for (; i + V <= hi; i += V) {
+          const Vec gv = Vec::loadu(g + i), mv = Vec::loadu(m + i), vv = Vec::loadu(v + i);
+          if (dot) acc = acc + gv * ((mv / vc1) / ((vv / vc2).sqrt() + ve));
+          (mv * vb1 + gv * vob1).store(m + i);
+          (vv * vb2 + gv * gv * vob2).store(v + i);
+        }
+        float s = hsum(acc);
+        for (; i < hi; ++i) {
+          if (dot) s += g[i] * ((m[i] / fc1) / (std::sqrt(v[i] / fc2) + fe));
+          m[i] = m[i] * b1 + g[i] * ob1;
+          v[i] = v[i] * b2 + g[i] * g[i] * ob2;
+        }
+        part[c] = s;
+      }
+    });
+    for (double x : part) total += x;
+  }
+  return total;
+}
 """
 
 _module = None
@@ -221,7 +268,7 @@ def _build():
         from torch.utils.cpp_extension import load_inline
 
         flags = _flags()
-        _module = load_inline("pretrain_cpu_kernels", cpp_sources=_SOURCE, functions=["dot_update_", "sq_norms", "lamb_moments_norms_"],
+        _module = load_inline("pretrain_cpu_kernels", cpp_sources=_SOURCE, functions=["dot_update_", "sq_norms", "lamb_moments_norms_", "dot_adam_moments_"],
                               extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as e:  # no compiler / ninja: torch ops instead, same results
         _failed = f"{type(e).__name__}: {e}"
@@ -249,11 +296,16 @@ def _eligible(*lists) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ torch-op versions
-def _dot_update_torch(gs, qs, a: float, b: float) -> torch.Tensor:
-    low = (torch.float16, torch.bfloat16)  # their dot products in fp32
+def _dots(gs, qs) -> torch.Tensor:
+    """sum_k dot(gs[k], qs[k]) as a 0-dim float64 (fp16/bf16 dot products in fp32)."""
+    low = (torch.float16, torch.bfloat16)
     dots = [torch.dot(*(t.reshape(-1).float() if t.dtype in low else t.reshape(-1) for t in (g, q))).double()
             for g, q in zip(gs, qs)]
-    h = torch.stack(dots).sum() if dots else torch.zeros((), dtype=torch.float64)
+    return torch.stack(dots).sum() if dots else torch.zeros((), dtype=torch.float64)
+
+
+def _dot_update_torch(gs, qs, a: float, b: float) -> torch.Tensor:
+    h = _dots(gs, qs)
     if a == 0.0 and b == 1.0:
         torch._foreach_copy_(qs, gs)
     else:
@@ -280,6 +332,21 @@ def _lamb_moments_norms_torch(gs, ws, ms, vs, betas, c1s, c2s, eps, wd):
     if wd != 0:
         torch._foreach_add_(rs, ws, alpha=wd)
     return _sq_norms_torch(ws, rs), rs
+
+
+def _dot_adam_moments_torch(gs, ms, vs, betas, c1s, c2s, use, eps):
+    from ._common import corrected_direction
+
+    beta1, beta2 = betas
+    idx = [k for k, u in enumerate(use) if u]
+    prev = corrected_direction([ms[k] for k in idx], [vs[k] for k in idx], [c1s[k] for k in idx],
+                               [c2s[k] for k in idx], eps) if idx else []
+    h = _dots([gs[k] for k in idx], prev)
+    torch._foreach_mul_(ms, beta1)
+    torch._foreach_add_(ms, gs, alpha=1 - beta1)
+    torch._foreach_mul_(vs, beta2)
+    torch._foreach_addcmul_(vs, gs, gs, value=1 - beta2)
+    return h
 
 
 # ------------------------------------------------------------------------------------------------ custom ops
@@ -314,7 +381,26 @@ def _(gs, ws, ms, vs, beta1, beta2, c1, c2, eps, wd):
     return gs[0].new_empty((len(gs), 2), dtype=torch.float64)
 
 
+@torch.library.custom_op("pretrain::dot_adam_moments_", mutates_args=("ms", "vs"), device_types="cpu")
+def _adam_hd_op(gs: list[torch.Tensor], ms: list[torch.Tensor], vs: list[torch.Tensor], beta1: float, beta2: float,
+                c1: torch.Tensor, c2: torch.Tensor, use: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.tensor(_build().dot_adam_moments_(gs, ms, vs, beta1, beta2, c1, c2, use, eps), dtype=torch.float64)
+
+
+@_adam_hd_op.register_fake
+def _(gs, ms, vs, beta1, beta2, c1, c2, use, eps):
+    return torch.empty((), dtype=torch.float64)
+
+
 # ---------------------------------------------------------------------------------------------------- API
+def _scalars(xs: list) -> torch.Tensor:
+    """Per-tensor scalars (Python numbers, or 0-dim tensors under torch.compile) as one float64 tensor."""
+    if any(torch.is_tensor(x) for x in xs):
+        return torch.stack([x.double() if torch.is_tensor(x) else torch.scalar_tensor(x, dtype=torch.float64)
+                            for x in xs])
+    return torch.tensor(xs, dtype=torch.float64)
+
+
 def dot_update_(gs: list, qs: list, a: float, b: float) -> torch.Tensor:
     """sum_k dot(gs[k], qs[k]) (0-dim float64, computed before the update), then qs[k] <- a*qs[k] + b*gs[k]
     (a=0, b=1: a copy of gs[k]), in one pass where the kernels apply."""
@@ -337,9 +423,16 @@ def lamb_moments_norms_(gs: list, ws: list, ms: list, vs: list, betas, c1s: list
     corrections, floats or 0-dim tensors). Returns (len(gs), 2) float64 and r: None where the kernel ran (r was
     not stored; the caller recomputes it in its update pass), the list of r tensors where torch ops did."""
     if gs and _eligible(gs, ws, ms, vs) and available():
-        as_tensor = lambda xs: (torch.stack([x.double() for x in xs]) if torch.is_tensor(xs[0])  # noqa: E731
-                                else torch.tensor(xs, dtype=torch.float64))
-        out = _lamb_op(list(gs), list(ws), list(ms), list(vs), float(betas[0]), float(betas[1]), as_tensor(c1s),
-                       as_tensor(c2s), float(eps), float(wd))
+        out = _lamb_op(list(gs), list(ws), list(ms), list(vs), float(betas[0]), float(betas[1]), _scalars(c1s),
+                       _scalars(c2s), float(eps), float(wd))
         return out, None
     return _lamb_moments_norms_torch(gs, ws, ms, vs, betas, c1s, c2s, eps, wd)
+
+
+def dot_adam_moments_(gs: list, ms: list, vs: list, betas, c1s: list, c2s: list, use: list, eps: float):
+    """Adam-HD's first pass: h = sum over tensors k with use[k] of dot(g_k, (m_k / c1_k) / (sqrt(v_k / c2_k) + eps))
+    (0-dim float64; the moments before this step), then the moments updated in place with the gradients gs."""
+    if gs and _eligible(gs, ms, vs) and available():
+        return _adam_hd_op(list(gs), list(ms), list(vs), float(betas[0]), float(betas[1]), _scalars(c1s),
+                           _scalars(c2s), _scalars([1.0 if u else 0.0 for u in use]), float(eps))
+    return _dot_adam_moments_torch(gs, ms, vs, betas, c1s, c2s, use, eps)

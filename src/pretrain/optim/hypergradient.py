@@ -48,8 +48,7 @@ import torch
 
 from ..errors import ConfigError, check_range
 from . import _cpu_kernels
-from ._common import (adam_direction_foreach, bias_corrected_direction, check_betas, closure_loss,
-                      params_with_grads)
+from ._common import bias_corrected_direction, check_betas, closure_loss, params_with_grads, step_scalars
 from .registry import OptimizerSpec, register
 
 
@@ -75,6 +74,8 @@ class _HypergradientOptimizer(torch.optim.Optimizer):
             group.setdefault("initial_lr", group["lr"])
             group.setdefault("hd_lr", float(group["initial_lr"]))
         self.foreach = bool(foreach)
+        if self.foreach:
+            _cpu_kernels.prepare(self.param_groups)
 
     @staticmethod
     def _validate(group: dict) -> None:
@@ -117,8 +118,6 @@ class SGDHD(_HypergradientOptimizer):
                         weight_decay=weight_decay)
         self._validate({**defaults})
         super().__init__(params, defaults, foreach)
-        if self.foreach:
-            _cpu_kernels.prepare(self.param_groups)
 
     @staticmethod
     def _validate(group: dict) -> None:
@@ -220,15 +219,19 @@ class AdamHD(_HypergradientOptimizer):
     def _hypergradient(self, group, params, grads):
         beta1, beta2 = group["betas"]
         eps = group["eps"]
-        seen = [(p, g) for p, g in zip(params, grads) if self.state[p]["step"] > 0]
-        if not seen:
-            return _sum([], params[0])
-        states = [self.state[p] for p, _ in seen]
+        steps = [self.state[p]["step"] for p in params]
         if self.foreach:
-            prev = bias_corrected_direction([s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                                            [s["step"] for s in states], (beta1, beta2), eps)
-        else:
-            prev = [self._direction(s["exp_avg"], s["exp_avg_sq"], s["step"], beta1, beta2, eps) for s in states]
+            # One pass over g, m, v: h from the previous direction (the moments and step before this one; tensors
+            # stepped before only), then the moments updated with g, which does not depend on the new rate;
+            # `_update_foreach` then reads the new moments to move the parameters.
+            seen = [t > 0 for t in steps]
+            return _cpu_kernels.dot_adam_moments_(
+                grads, [self.state[p]["exp_avg"] for p in params], [self.state[p]["exp_avg_sq"] for p in params],
+                (beta1, beta2), step_scalars(steps, lambda t: 1 - beta1 ** t),
+                step_scalars(steps, lambda t: 1 - beta2 ** t), seen, eps)
+        seen = [(p, g) for p, g in zip(params, grads) if self.state[p]["step"] > 0]
+        states = [self.state[p] for p, _ in seen]
+        prev = [self._direction(s["exp_avg"], s["exp_avg_sq"], s["step"], beta1, beta2, eps) for s in states]
         return _sum([_dot(g, u) for (_, g), u in zip(seen, prev)], params[0])
 
     def _update_reference(self, group, params, grads, lr_t):
@@ -250,7 +253,9 @@ class AdamHD(_HypergradientOptimizer):
         states = [self.state[p] for p in params]
         for s in states:
             s["step"] += 1
-        update = adam_direction_foreach(states, grads, group["betas"], group["eps"])
+        # the moments were updated by `_hypergradient`
+        update = bias_corrected_direction([s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                                          [s["step"] for s in states], group["betas"], group["eps"])
         if wd != 0:
             torch._foreach_mul_(params, 1 - lr_t * wd)
         torch._foreach_add_(params, update, alpha=-lr_t)
