@@ -7,8 +7,9 @@ also by hypergradient and rdbd). Registers no optimizer (the package's registrat
 - `FP32StateOptimizer`: the base class (validated groups, state creation, fp32 state through
   `load_state_dict`, the step loop); `buckets` groups tensors for one foreach call.
 - `step_scalars`: per-tensor scalars that depend on the step (bias corrections, ADOPT's clip value), tensors
-  under torch.compile (see compiled.py); `bias_corrected_direction` / `adam_direction_foreach`: the multi-tensor
-  Adam direction (lamb, rdbd, hypergradient).
+  under torch.compile (see compiled.py); `materialize`: a small tensor that Inductor computes once instead of
+  inlining its math into every vector loop; `bias_corrected_direction` / `corrected_direction` /
+  `adam_direction_foreach`: the multi-tensor Adam direction (lamb, rdbd, hypergradient).
 """
 from __future__ import annotations
 
@@ -69,10 +70,10 @@ def step_scalars(steps: list, fn) -> list:
     """
     if torch.compiler.is_compiling():
         out = [fn(t.double() if torch.is_tensor(t) else torch.scalar_tensor(t, dtype=torch.float64)) for t in steps]
-        # One stacked buffer: Inductor computes each scalar once, and each tensor's update loop loads it. Left as
-        # separate 0-dim values, the scalar math (a pow) is inlined into the update loop and recomputed at every
-        # vector iteration (the loop reloads the step: it cannot prove that the outputs do not alias it), which
-        # made compiled ADOPT 1.45x, not 1.0x, torch's fused AdamW.
+        # One buffer, computed once (`materialize`), that each tensor's update loop loads. Left as separate 0-dim
+        # values, or as a plain stack, the scalar math (a pow) is inlined into the update loop and recomputed at
+        # every vector iteration (the loop reloads the step: it cannot prove that the outputs do not alias it),
+        # which made compiled ADOPT 1.45x, not 1.0x, torch's fused AdamW.
         return list(materialize(torch.stack(out)).unbind(0)) if out else out
     return [fn(t.item() if torch.is_tensor(t) else t) for t in steps]
 

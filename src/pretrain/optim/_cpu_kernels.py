@@ -152,7 +152,7 @@ at::Tensor lamb_moments_norms_(const std::vector<at::Tensor>& gs, const std::vec
     const float* w = ws[k].data_ptr<float>();
     float* m = ms[k].data_ptr<float>();
     float* v = vs[k].data_ptr<float>();
-    const float fc1 = c1p[k], fc2 = c2p[k];
+    const float fc1 = 1.0 / c1p[k], fc2 = 1.0 / c2p[k];  // multiplications, not divisions, as in dot_adam_moments_
     const Vec vc1(fc1), vc2(fc2);
     const int64_t n = gs[k].numel(), nc = n_chunks(n);
     std::vector<double> pw(nc, 0.0), pr(nc, 0.0);
@@ -167,7 +167,7 @@ at::Tensor lamb_moments_norms_(const std::vector<at::Tensor>& gs, const std::vec
           const Vec vv = Vec::loadu(v + i) * vb2 + gv * gv * vob2;
           mv.store(m + i);
           vv.store(v + i);
-          const Vec r = (mv / vc1) / ((vv / vc2).sqrt() + ve) + vwd * wv;
+          const Vec r = (mv * vc1) / ((vv * vc2).sqrt() + ve) + vwd * wv;
           sw = sw + wv * wv;
           sr = sr + r * r;
         }
@@ -175,7 +175,7 @@ at::Tensor lamb_moments_norms_(const std::vector<at::Tensor>& gs, const std::vec
         for (; i < hi; ++i) {
           m[i] = m[i] * b1 + g[i] * ob1;
           v[i] = v[i] * b2 + g[i] * g[i] * ob2;
-          const float r = (m[i] / fc1) / (std::sqrt(v[i] / fc2) + fe) + fwd * w[i];
+          const float r = (m[i] * fc1) / (std::sqrt(v[i] * fc2) + fe) + fwd * w[i];
           tw += w[i] * w[i];
           tr += r * r;
         }
@@ -212,7 +212,9 @@ double dot_adam_moments_(const std::vector<at::Tensor>& gs, const std::vector<at
     float* m = ms[k].data_ptr<float>();
     float* v = vs[k].data_ptr<float>();
     const bool dot = up[k] != 0.0;
-    const float fc1 = dot ? c1p[k] : 1.0f, fc2 = dot ? c2p[k] : 1.0f;
+    // multiplications by 1/c instead of divisions (one division per element is left): h is a sum, and this
+    // changes each term by about one rounding
+    const float fc1 = dot ? 1.0 / c1p[k] : 1.0f, fc2 = dot ? 1.0 / c2p[k] : 1.0f;
     const Vec vc1(fc1), vc2(fc2);
     const int64_t n = gs[k].numel(), nc = n_chunks(n);
     std::vector<double> part(nc, 0.0);
@@ -223,13 +225,13 @@ double dot_adam_moments_(const std::vector<at::Tensor>& gs, const std::vector<at
         Vec acc(0.0f);
         for (; i + V <= hi; i += V) {
           const Vec gv = Vec::loadu(g + i), mv = Vec::loadu(m + i), vv = Vec::loadu(v + i);
-          if (dot) acc = acc + gv * ((mv / vc1) / ((vv / vc2).sqrt() + ve));
+          if (dot) acc = acc + gv * ((mv * vc1) / ((vv * vc2).sqrt() + ve));
           (mv * vb1 + gv * vob1).store(m + i);
           (vv * vb2 + gv * gv * vob2).store(v + i);
         }
         float s = hsum(acc);
         for (; i < hi; ++i) {
-          if (dot) s += g[i] * ((m[i] / fc1) / (std::sqrt(v[i] / fc2) + fe));
+          if (dot) s += g[i] * ((m[i] * fc1) / (std::sqrt(v[i] * fc2) + fe));
           m[i] = m[i] * b1 + g[i] * ob1;
           v[i] = v[i] * b2 + g[i] * g[i] * ob2;
         }

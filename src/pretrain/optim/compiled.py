@@ -16,11 +16,14 @@ How it works (torch 2.13; checked on CPU only):
 - Step counters: under compile, reading a tensor as a Python number (`.item()`) is a graph break and bakes the
   number into the graph (a new graph every step), and Inductor does not fuse a foreach op whose scalars are a
   list of symbolic numbers (it falls back to the unfused aten::_foreach_* kernel). So the optimizers written
-  here turn the step into per-tensor scalars with `_common.step_scalars` (while compiling, one stacked fp64
-  buffer computed once per tensor, not a 0-dim value that Inductor would recompute inside every update loop:
-  LAMB's, rdbd's and adam_hd's bias corrections, ADOPT's clip value), ADOPT has a tensor-step update for
-  compiling (`_step_compiling`), and a compiled LAMB step takes the foreach path even with foreach=False
-  (`COMPILE_FOREACH`: its reference path reads the step with `.item()`).
+  here turn the step into per-tensor scalars with `_common.step_scalars` (while compiling, one fp64 buffer that
+  `_common.materialize`, an opaque custom op, makes Inductor compute once, not a 0-dim value whose `pow` it
+  would inline into, and recompute at every iteration of, each update loop: LAMB's, rdbd's and adam_hd's bias
+  corrections, ADOPT's clip value; LAMB's and LARS's trust ratios go through `materialize` too), ADOPT has a
+  tensor-step update for compiling (`_step_compiling`), and a compiled LAMB step takes the foreach path even
+  with foreach=False (`COMPILE_FOREACH`: its reference path reads the step with `.item()`).
+- The reduction passes of sgd_hd, adam_hd, lars and lamb are fused CPU kernels (`_cpu_kernels.py`), custom ops
+  that the compiled step calls; Inductor fuses the rest of the step around them.
 - Checked on CPU only. On an H100 with torch 2.11 (bench/README.md, "On a GPU") compiled rdbd ran (2.17x fused
   AdamW); the FP32StateOptimizer subclasses failed (dynamo refused an attribute that `_run_step` then set on the
   optimizer, since removed; not rerun), sgd_hd and adam_hd failed inside Inductor at 124M parameters (sgd_hd ran
@@ -45,18 +48,19 @@ import torch
 
 # Measured on CPU with bench/optim_step.py (124M-parameter GPT, 1 thread, 2026-11-26; bench/README.md):
 # True where the compiled step took < 0.9x the eager one. In comments: step time / fused AdamW's, eager ->
-# compiled, in the latest run (after step-dependent scalars became one stacked buffer, `_common.step_scalars`).
-# The compile itself takes 3-400 s on 2 cores (once per run; inductor caches it on disk).
+# compiled, in the latest run (fused CPU kernels for the reduction passes, `_cpu_kernels.py`; per-tensor scalars
+# computed once, `_common.materialize`). The compile itself takes 3-400 s on 2 cores (once per run; inductor
+# caches it on disk).
 COMPILE_PAYS: dict[str, bool] = {
     # written here
-    "adopt": True,  # 5.49 -> 1.10
-    "lion": True,  # 3.04 -> 0.73
-    "sophia": True,  # 9.36 -> 0.98
-    "lars": True,  # 3.68 -> 1.27
-    "lamb": True,  # 7.79 -> 3.38
-    "rdbd": True,  # 31.9 -> 2.03
-    "adam_hd": True,  # 7.80 -> 2.37
-    "sgd_hd": False,  # 1.38 -> 1.32
+    "adopt": True,  # 5.49 -> 0.99
+    "lion": True,  # 2.98 -> 0.73
+    "sophia": True,  # 9.26 -> 0.96
+    "lars": True,  # 3.44 -> 1.10
+    "lamb": True,  # 7.54 -> 1.83
+    "rdbd": True,  # 31.0 -> 1.66
+    "adam_hd": True,  # 3.34 -> 1.59
+    "sgd_hd": False,  # 0.92 -> 0.88 (eager is already one fused pass + one foreach add)
     "sgd_armijo": False,  # needs a closure
     "vsgd": False,  # needs a closure
     # torch's (`--compile all`)
