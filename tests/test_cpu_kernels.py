@@ -25,7 +25,8 @@ def test_dot_update_against_numpy(a, b):
     q_np = [q.numpy().copy() for q in qs]
     h = _cpu_kernels.dot_update_(gs, qs, a, b)
     assert h.dtype == torch.float64 and h.ndim == 0
-    expected = sum(float(np.dot(g.astype(np.float64).ravel(), q.astype(np.float64).ravel())) for g, q in zip(g_np, q_np))
+    expected = sum(float(np.dot(g.astype(np.float64).ravel(), q.astype(np.float64).ravel()))
+                   for g, q in zip(g_np, q_np))
     scale = sum(float(np.abs(g.astype(np.float64) * q).sum()) for g, q in zip(g_np, q_np))
     assert abs(float(h) - expected) <= 1e-6 * scale
     for q, gn, qn in zip(qs, g_np, q_np):

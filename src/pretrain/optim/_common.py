@@ -218,7 +218,7 @@ def corrected_direction(ms: list, vs: list, c1s: list, c2s: list, eps) -> list:
 
 def adam_direction_foreach(states, grads, betas, eps):
     """Multi-tensor Adam moments update and bias-corrected direction m_hat / (sqrt(v_hat) + eps), for states
-    holding exp_avg, exp_avg_sq and an already incremented step (shared by Adam-HD and RDBD's adam base)."""
+    holding exp_avg, exp_avg_sq and an already incremented step (RDBD's adam base)."""
     beta1, beta2 = betas
     ms = [s["exp_avg"] for s in states]
     vs = [s["exp_avg_sq"] for s in states]

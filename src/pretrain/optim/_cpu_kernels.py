@@ -1,25 +1,28 @@
-"""Two fused CPU kernels for the reduction passes of SGD-HD and LARS, built on first use with
+"""Fused CPU kernels for the reduction passes of SGD-HD, Adam-HD, LARS and LAMB, built on first use with
 `torch.utils.cpp_extension.load_inline` (g++ and ninja, which torch.compile on CPU needs anyway).
 
-Why: on a CPU a loop that streams one tensor runs far below the memory bandwidth that a loop streaming four
-reaches (bench/README.md: one thread, 124M parameters: `_foreach_norm` of the weights and of the gradients,
-two one-stream passes, 88-92 ms; one pass over both, 68 ms; fused AdamW's 7-stream step 150 ms), and
-torch.compile's Inductor does not put two reductions over different tensors into one loop, nor a reduction and
-a write of a tensor it reads. So:
+Why: on a CPU a loop that streams one tensor runs far below the memory bandwidth that a loop streaming several
+reaches (bench/README.md: one thread, 124M parameters: `_foreach_norm` of the weights and of the gradients, two
+one-stream passes, 88-92 ms; one pass over both, 62 ms; fused AdamW's 7-stream step 150 ms), and torch.compile's
+Inductor puts neither two reductions over different tensors into one loop, nor a reduction and a write of a
+tensor it reads. So each kernel makes a reduction and the state update it precedes in one pass:
 
-- `dot_update_(gs, qs, a, b)`: h = sum over pairs of dot(g, q), and in the same pass q <- a*q + b*g
-  (a=0, b=1: q <- g, a copy). SGD-HD's hypergradient dot(g_t, u_{t-1}) and the state update that makes u_t in
-  one pass over g and q (plain SGD: q = the previous direction; heavy ball: q = the momentum buffer).
-- `sq_norms(xs, ys)`: per pair, sum(x^2) and sum(y^2) in one pass: LARS's ||w||^2 and ||g||^2.
+- `dot_update_(gs, qs, a, b)`: h = sum over pairs of dot(g, q), and q <- a*q + b*g (a=0, b=1: q <- g, a copy).
+  SGD-HD's hypergradient dot(g_t, u_{t-1}) and the state update that makes u_t (plain SGD: q = the previous
+  direction; heavy ball: q = the momentum buffer).
+- `sq_norms(xs, ys)`: per pair, sum(x^2) and sum(y^2): LARS's ||w||^2 and ||g||^2.
+- `lamb_moments_norms_`: LAMB's moment updates with ||w||^2 and ||r||^2 of its update direction r, which is not
+  stored (the update pass recomputes it from the new moments).
+- `dot_adam_moments_`: Adam-HD's h = g . u_{t-1} from the moments before the step, then the moment updates.
 
-Both return float64 (partial sums per 16384-element chunk, fp32 within a chunk, added in chunk order: the
-result does not depend on the thread count) and run with torch's intra-op threads (`at::parallel_for`). The
-update `a*q + b*g` is a multiply then an add (no fused multiply-add: `-ffp-contract=off`), so q is bitwise what
-`q.mul_(a).add_(g, alpha=b)` gives.
+Reductions return float64 (partial sums per 16384-element chunk, fp32 within a chunk, added in chunk order: the
+result does not depend on the thread count); the kernels run with torch's intra-op threads (`at::parallel_for`).
+Updates are multiplies then adds (no fused multiply-add: `-ffp-contract=off`): q <- a*q + g is bitwise
+`q.mul_(a).add_(g)`; the moment updates agree with torch's to fp32 rounding.
 
 The kernels take contiguous fp32 CPU tensors. For anything else (another device or dtype, a strided view), when
 the build fails (no compiler: the reason is logged once), or with `PRETRAIN_CPU_KERNELS=0`, the same functions
-run as torch ops with the same result up to the summation order. Under torch.compile they are custom ops
+run as torch ops with the same result up to rounding. Under torch.compile they are custom ops
 (`torch.library.custom_op`, namespace `pretrain`): Inductor calls them as external kernels.
 """
 from __future__ import annotations
@@ -244,6 +247,7 @@ double dot_adam_moments_(const std::vector<at::Tensor>& gs, const std::vector<at
 }
 """
 
+_FUNCTIONS = ("dot_update_", "sq_norms", "lamb_moments_norms_", "dot_adam_moments_")
 _module = None
 _failed: str | None = None
 
@@ -270,7 +274,7 @@ def _build():
         from torch.utils.cpp_extension import load_inline
 
         flags = _flags()
-        _module = load_inline("pretrain_cpu_kernels", cpp_sources=_SOURCE, functions=["dot_update_", "sq_norms", "lamb_moments_norms_", "dot_adam_moments_"],
+        _module = load_inline("pretrain_cpu_kernels", cpp_sources=_SOURCE, functions=list(_FUNCTIONS),
                               extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as e:  # no compiler / ninja: torch ops instead, same results
         _failed = f"{type(e).__name__}: {e}"

@@ -39,8 +39,10 @@ Adam's eps is added to sqrt(v_hat) (torch's current Adam; the repo adds it to sq
 decoupled (the repo's is L2); the repo updates lr parameter by parameter inside its loop, here h is summed over
 the whole group first and then every parameter steps with the same alpha_t.
 
-``foreach=True`` (default) runs the multi-tensor path (torch._foreach_*), ``foreach=False`` the per-tensor
-reference path; the hypergradient dot products are per-tensor reductions in both.
+``foreach=True`` (default) runs the multi-tensor path, ``foreach=False`` the per-tensor reference path. The
+multi-tensor path makes the hypergradient and the state update that does not depend on the new rate in one pass
+(SGD-HD: h and u_prev <- g, or the heavy-ball buffer; Adam-HD: h from the old moments, then the moments), a fused
+CPU kernel for contiguous fp32 CPU tensors (`_cpu_kernels.py`), torch ops otherwise; then the parameters move.
 """
 from __future__ import annotations
 

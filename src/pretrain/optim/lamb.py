@@ -32,8 +32,8 @@ import torch
 
 from ..errors import ConfigError
 from . import _cpu_kernels
-from ._common import (FP32StateOptimizer, LOW_PRECISION, buckets, check_betas, corrected_direction, materialize, number,
-                      state_dtype, step_scalars, write_back)
+from ._common import (FP32StateOptimizer, LOW_PRECISION, buckets, check_betas, corrected_direction, materialize,
+                      number, state_dtype, step_scalars, write_back)
 from .registry import OptimizerSpec, register
 
 
