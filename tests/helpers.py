@@ -112,3 +112,17 @@ def assert_state_dict_round_trip(make, make_blank, params_fn, run, split=5, end=
     for a, b in zip(params, params2):
         assert torch.equal(a, b)
     return opt2, params2
+
+
+def kernels_must_run(monkeypatch, *fallbacks):
+    """The fused CPU kernels (pretrain.optim._cpu_kernels) are built here, and the named torch-op fallbacks raise if
+    called: a test under this runs the kernels or fails."""
+    from pretrain.optim import _cpu_kernels
+
+    assert _cpu_kernels.available(), _cpu_kernels._failed
+
+    def no_fallback(*args):
+        raise AssertionError("the fused kernel was not used")
+
+    for name in fallbacks:
+        monkeypatch.setattr(_cpu_kernels, name, no_fallback)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import kernels_must_run
 from pretrain.errors import ConfigError
 from pretrain.optim import OPTIMIZERS, build_optimizer
 from pretrain.optim.hypergradient import AdamHD, SGDHD
@@ -136,15 +137,7 @@ def test_fp32_fused_kernel_path_matches_numpy_reference(method, cls, hp, groupin
     """fp32 CPU parameters take the fused first-pass kernels (_cpu_kernels.py) for SGD-HD, SGD-HD with heavy ball
     momentum (dot + direction update) and Adam-HD (dot + moments): the same rule as the fp64 NumPy loop, to fp32
     accuracy; the torch-op fallback is never used."""
-    from pretrain.optim import _cpu_kernels
-
-    assert _cpu_kernels.available()
-
-    def no_fallback(*args):
-        raise AssertionError("the fused kernel was not used")
-
-    monkeypatch.setattr(_cpu_kernels, "_dot_update_torch", no_fallback)
-    monkeypatch.setattr(_cpu_kernels, "_dot_adam_moments_torch", no_fallback)
+    kernels_must_run(monkeypatch, "_dot_update_torch", "_dot_adam_moments_torch")
     w0, b0, batches = _problem()
     expected, expected_alpha = hd_numpy(w0, b0, batches, grouping, method, factors=FACTORS, **hp)
     opt, w, b = _build(cls, w0, b0, grouping, True, dtype=torch.float32, **hp)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import assert_foreach_matches_reference, assert_state_dict_round_trip
+from helpers import assert_foreach_matches_reference, assert_state_dict_round_trip, kernels_must_run
 from pretrain.errors import ConfigError
 from pretrain.optim import OPTIMIZERS, build_optimizer
 from pretrain.optim.lars import LARS
@@ -75,14 +75,7 @@ def test_matches_numpy_reference(foreach, exclude_vectors):
 def test_fp32_fused_norm_kernel_matches_numpy_reference(exclude_vectors, monkeypatch):
     """fp32 CPU parameters take the fused ||w||^2, ||g||^2 kernel (_cpu_kernels.py): the fp64 NumPy rule to fp32
     accuracy; the torch-op fallback is never used."""
-    from pretrain.optim import _cpu_kernels
-
-    assert _cpu_kernels.available()
-
-    def no_fallback(*args):
-        raise AssertionError("the fused kernel was not used")
-
-    monkeypatch.setattr(_cpu_kernels, "_sq_norms_torch", no_fallback)
+    kernels_must_run(monkeypatch, "_sq_norms_torch")
     params = torch_params(torch.float32)
     run(LARS(params, **HP, exclude_vectors=exclude_vectors), params, 0, STEPS)
     ref = numpy_lars(STEPS, *HP.values(), exclude_vectors)
