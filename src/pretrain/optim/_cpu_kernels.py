@@ -279,16 +279,17 @@ def _eligible(*lists) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ torch-op versions
-def _dots(gs, qs) -> torch.Tensor:
-    """sum_k dot(gs[k], qs[k]) as a 0-dim float64 (fp16/bf16 dot products in fp32)."""
+def dots(gs, qs, device=None) -> torch.Tensor:
+    """sum_k dot(gs[k], qs[k]) as a 0-dim float64 (fp16/bf16 dot products in fp32; 0 on `device` for no pairs):
+    torch ops, the hypergradient optimizers' reference paths and the kernels' fallback."""
     low = (torch.float16, torch.bfloat16)
-    dots = [torch.dot(*(t.reshape(-1).float() if t.dtype in low else t.reshape(-1) for t in (g, q))).double()
-            for g, q in zip(gs, qs)]
-    return torch.stack(dots).sum() if dots else torch.zeros((), dtype=torch.float64)
+    per_pair = [torch.dot(*(t.reshape(-1).float() if t.dtype in low else t.reshape(-1) for t in (g, q))).double()
+                for g, q in zip(gs, qs)]
+    return torch.stack(per_pair).sum() if per_pair else torch.zeros((), dtype=torch.float64, device=device)
 
 
 def _dot_update_torch(gs, qs, a: float, b: float) -> torch.Tensor:
-    h = _dots(gs, qs)
+    h = dots(gs, qs)
     if a == 0.0 and b == 1.0:
         torch._foreach_copy_(qs, gs)
     else:
@@ -324,7 +325,7 @@ def _dot_adam_moments_torch(gs, ms, vs, betas, c1s, c2s, use, eps):
     idx = [k for k, u in enumerate(use) if u]
     prev = corrected_direction([ms[k] for k in idx], [vs[k] for k in idx], [c1s[k] for k in idx],
                                [c2s[k] for k in idx], eps) if idx else []
-    h = _dots([gs[k] for k in idx], prev)
+    h = dots([gs[k] for k in idx], prev, gs[0].device)
     torch._foreach_mul_(ms, beta1)
     torch._foreach_add_(ms, gs, alpha=1 - beta1)
     torch._foreach_mul_(vs, beta2)

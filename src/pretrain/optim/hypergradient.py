@@ -54,18 +54,6 @@ from ._common import bias_corrected_direction, check_betas, closure_loss, params
 from .registry import OptimizerSpec, register
 
 
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    if a.dtype in (torch.float16, torch.bfloat16):
-        a, b = a.float(), b.float()
-    return torch.dot(a.reshape(-1), b.reshape(-1)).double()
-
-
-def _sum(dots: list, like: torch.Tensor) -> torch.Tensor:
-    if not dots:
-        return torch.zeros((), dtype=torch.float64, device=like.device)
-    return torch.stack(dots).sum()
-
-
 class _HypergradientOptimizer(torch.optim.Optimizer):
     """Shared driver: per group, h from the previous direction, alpha update, then the base step."""
 
@@ -134,6 +122,11 @@ class SGDHD(_HypergradientOptimizer):
         # heavy ball: the previous direction is the momentum buffer itself (before this step's update)
         return group["momentum"] == 0 or group["nesterov"]
 
+    @classmethod
+    def _direction_key(cls, group: dict) -> str:
+        """The state holding the previous direction u_{t-1} (after `_hypergradient`'s fused pass: u_t)."""
+        return "prev_direction" if cls._keeps_prev_direction(group) else "momentum_buffer"
+
     def _init_and_grads(self, group, params):
         for p in params:
             state = self.state[p]
@@ -152,13 +145,13 @@ class SGDHD(_HypergradientOptimizer):
         return grads
 
     def _hypergradient(self, group, params, grads):
-        key = "prev_direction" if self._keeps_prev_direction(group) else "momentum_buffer"
+        key = self._direction_key(group)
         if self.foreach and not group["nesterov"]:
             # One pass over g and the previous direction q: h = sum dot(g, q), and q becomes this step's
             # direction (plain SGD: q <- g; heavy ball: q <- momentum * q + g), which does not depend on the new
             # rate; `_update_foreach` then only moves the parameters along q.
             return _cpu_kernels.dot_update_(grads, [self.state[p][key] for p in params], group["momentum"], 1.0)
-        return _sum([_dot(g, self.state[p][key]) for p, g in zip(params, grads)], params[0])
+        return _cpu_kernels.dots(grads, [self.state[p][key] for p in params], params[0].device)
 
     def _update_reference(self, group, params, grads, lr_t):
         momentum = group["momentum"]
@@ -178,8 +171,7 @@ class SGDHD(_HypergradientOptimizer):
         momentum = group["momentum"]
         states = [self.state[p] for p in params]
         if not group["nesterov"]:  # `_hypergradient` already made the direction (prev_direction / momentum_buffer)
-            key = "prev_direction" if momentum == 0 else "momentum_buffer"
-            torch._foreach_add_(params, [s[key] for s in states], alpha=-lr_t)
+            torch._foreach_add_(params, [s[self._direction_key(group)] for s in states], alpha=-lr_t)
             return
         bufs = [s["momentum_buffer"] for s in states]  # nesterov: u = g + momentum * buf, after the buffer's update
         torch._foreach_mul_(bufs, momentum)
@@ -234,7 +226,7 @@ class AdamHD(_HypergradientOptimizer):
         seen = [(p, g) for p, g in zip(params, grads) if self.state[p]["step"] > 0]
         states = [self.state[p] for p, _ in seen]
         prev = [self._direction(s["exp_avg"], s["exp_avg_sq"], s["step"], beta1, beta2, eps) for s in states]
-        return _sum([_dot(g, u) for (_, g), u in zip(seen, prev)], params[0])
+        return _cpu_kernels.dots([g for _, g in seen], prev, params[0].device)
 
     def _update_reference(self, group, params, grads, lr_t):
         beta1, beta2 = group["betas"]
