@@ -25,6 +25,9 @@ foreach=True where they take it.
     python bench/optim_step.py --device cuda --no-reference   # on a GPU: 20 steps per timing, synchronized
 
 Compile time (the first compiled call(s)) is printed separately and not counted in the step time.
+
+The fused CPU kernels of the opt-in speed layer (`pretrain.optim.fast.enable_kernels()`, as in training) are
+enabled for every optimizer, eager and compiled; `PRETRAIN_CPU_KERNELS=0` measures the plain torch-op passes.
 """
 from __future__ import annotations
 
@@ -155,7 +158,7 @@ def timed(fn) -> float:
 
 def compile_candidates(mode: str, names) -> set:
     from pretrain.optim import OPTIMIZERS
-    from pretrain.optim.compiled import NOT_COMPILABLE
+    from pretrain.optim.fast.compiled import NOT_COMPILABLE
     if mode == "none" or os.environ.get("PRETRAIN_SKIP_COMPILE") == "1":
         return set()
     if mode == "all":
@@ -190,7 +193,7 @@ def bench_one(name, model, baseline, args, compile_names, log) -> dict:
     import torch._dynamo.utils as dyn_utils
 
     from pretrain.optim import OPTIMIZERS, build_optimizer, has_train_eval, requires_closure
-    from pretrain.optim.compiled import compile_step
+    from pretrain.optim.fast.compiled import compile_step
 
     spec = OPTIMIZERS[name]
     row = {"name": name, "source": spec.source, "eager": None, "compiled": None, "compile_s": None,
@@ -297,8 +300,9 @@ def main(argv=None) -> int:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
 
     from pretrain.model.gpt import GPT
-    from pretrain.optim import OPTIMIZERS, build_param_groups
+    from pretrain.optim import OPTIMIZERS, build_param_groups, fast
 
+    fast.enable_kernels()  # the fused CPU kernels, as the training loop uses them
     names = [n.strip() for n in args.optims.split(",") if n.strip()] or sorted(OPTIMIZERS)
     unknown = [n for n in names if n not in OPTIMIZERS]
     if unknown:

@@ -114,15 +114,73 @@ def assert_state_dict_round_trip(make, make_blank, params_fn, run, split=5, end=
     return opt2, params2
 
 
-def kernels_must_run(monkeypatch, *fallbacks):
-    """The fused CPU kernels (pretrain.optim._cpu_kernels) are built here, and the named torch-op fallbacks raise if
-    called: a test under this runs the kernels or fails."""
-    from pretrain.optim import _cpu_kernels
+def kernels_must_run(monkeypatch, *plains):
+    """The opt-in fused CPU kernels (pretrain.optim.fast) are enabled for this test (the previous state comes back
+    after it) and built here, and the named plain torch-op functions they replace ("module.function" in
+    pretrain.optim, e.g. "lars.sq_norms") raise if called: a test under this runs the kernels or fails."""
+    import importlib
 
-    assert _cpu_kernels.available(), _cpu_kernels._failed
+    from pretrain.optim import fast
+
+    monkeypatch.setattr(fast, "_enabled", fast._enabled)  # restored at teardown
+    fast.enable_kernels()
+    assert fast.cpu_kernels.available(), fast.cpu_kernels._failed
 
     def no_fallback(*args):
         raise AssertionError("the fused kernel was not used")
 
-    for name in fallbacks:
-        monkeypatch.setattr(_cpu_kernels, name, no_fallback)
+    for name in plains:
+        module, function = name.rsplit(".", 1)
+        monkeypatch.setattr(importlib.import_module(f"pretrain.optim.{module}"), function, no_fallback)
+
+
+def quadratic_arrays(shapes, zeros=(), seed=0):
+    """Initial parameters of the noisy-quadratic tests: N(0, 1) arrays of `shapes` from `seed`; those at `zeros` 0."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    arrays = [rng.normal(size=s) for s in shapes]
+    for i in zeros:
+        arrays[i] = np.zeros(shapes[i])
+    return arrays
+
+
+def quadratic_noise(shapes, t, i, salt):
+    """Step t's gradient noise for parameter i: N(0, 1) of shapes[i] seeded salt + 17 t + i (a salt per test file)."""
+    import numpy as np
+
+    return np.random.default_rng(salt + 17 * t + i).normal(size=shapes[i])
+
+
+def quadratic_grad(shapes, t, i, p, salt):
+    """A deterministic gradient that depends on the current parameter p (quadratic + noise): 0.7 p + quadratic_noise."""
+    return 0.7 * p + quadratic_noise(shapes, t, i, salt)
+
+
+def regression_problem(seed=0, *, steps, offset, noise_scale, init_scale=1.0, x_scale=None):
+    """Noisy regression y = x w^T + offset + noise (w 3x4), all from `seed`: (w0, b0, `steps` batches (x, y) of 8)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    w_true = rng.normal(size=(3, 4))
+    batches = []
+    for _ in range(steps):
+        x = rng.normal(size=(8, 4))
+        if x_scale is not None:
+            x = x * np.array(x_scale)
+        batches.append((x, x @ w_true.T + offset + rng.normal(scale=noise_scale, size=(8, 3))))
+    return rng.normal(scale=init_scale, size=(3, 4)), rng.normal(scale=init_scale, size=3), batches
+
+
+def regression_grads(w, b, x, y):
+    """NumPy gradients [d/dw, d/db] of regression_loss_torch's batch loss 0.5 * |x w^T + b - y|^2 / len(x)."""
+    r = x @ w.T + b - y
+    return [r.T @ x / len(x), r.sum(0) / len(x)]
+
+
+def regression_loss_torch(w, b, x, y):
+    """The batch loss 0.5 * |x w^T + b - y|^2 / len(x) in torch, numpy x and y cast to w's dtype."""
+    import torch
+
+    r = torch.from_numpy(x).to(w.dtype) @ w.T + b - torch.from_numpy(y).to(w.dtype)
+    return 0.5 * (r ** 2).sum() / len(x)

@@ -1,9 +1,39 @@
-"""The fused CPU kernels of pretrain.optim._cpu_kernels against NumPy, their torch-op fallback, and torch.compile."""
+"""The fused CPU kernels of pretrain.optim.fast.cpu_kernels against NumPy, the plain torch-op functions they
+replace, and torch.compile. The kernels are opt-in: enabled for each test here (`fast.enable_kernels`)."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
-from pretrain.optim import _cpu_kernels
+from pretrain.optim import _common, fast, hypergradient, lamb
+from pretrain.optim.fast import cpu_kernels
+
+
+@pytest.fixture(autouse=True)
+def _kernels_enabled(monkeypatch):
+    monkeypatch.setattr(fast, "_enabled", fast._enabled)  # the previous state comes back after each test
+    fast.enable_kernels()
+
+
+# what the optimizers call for each pass: the fused kernel for eligible tensors, else the plain rule of its module
+def dot_update_(*args):
+    return fast.kernel("dot_update_", hypergradient.dot_update_)(*args)
+
+
+def sq_norms(*args):
+    return fast.kernel("sq_norms", _common.sq_norms)(*args)
+
+
+def lamb_moments_norms_(*args):
+    return fast.kernel("lamb_moments_norms_", lamb.lamb_moments_norms_)(*args)
+
+
+def dot_adam_moments_(*args):
+    return fast.kernel("dot_adam_moments_", hypergradient.dot_adam_moments_)(*args)
+
 
 # sizes around the vector width (16), the unrolled block, and the 16384-element chunk (several chunks + a tail)
 SHAPES = [(1,), (15,), (16,), (17,), (33,), (3, 7), (16384,), (40000,), (130, 257)]
@@ -15,7 +45,7 @@ def _tensors(seed):
 
 
 def test_kernels_are_built_here():
-    assert _cpu_kernels.available(), _cpu_kernels._failed
+    assert cpu_kernels.available(), cpu_kernels._failed
 
 
 @pytest.mark.parametrize("a,b", [(0.0, 1.0), (0.9, 1.0), (0.5, -2.0)])
@@ -23,7 +53,7 @@ def test_dot_update_against_numpy(a, b):
     gs, qs = _tensors(0), _tensors(1)
     g_np = [g.numpy().copy() for g in gs]
     q_np = [q.numpy().copy() for q in qs]
-    h = _cpu_kernels.dot_update_(gs, qs, a, b)
+    h = dot_update_(gs, qs, a, b)
     assert h.dtype == torch.float64 and h.ndim == 0
     expected = sum(float(np.dot(g.astype(np.float64).ravel(), q.astype(np.float64).ravel()))
                    for g, q in zip(g_np, q_np))
@@ -38,7 +68,7 @@ def test_dot_update_against_numpy(a, b):
 def test_dot_update_matches_torch_ops_bitwise_on_the_update():
     gs, qs = _tensors(2), _tensors(3)
     qs_ref = [q.clone() for q in qs]
-    _cpu_kernels.dot_update_(gs, qs, 0.9, 1.0)
+    dot_update_(gs, qs, 0.9, 1.0)
     torch._foreach_mul_(qs_ref, 0.9)
     torch._foreach_add_(qs_ref, gs)
     for q, r in zip(qs, qs_ref):
@@ -47,7 +77,7 @@ def test_dot_update_matches_torch_ops_bitwise_on_the_update():
 
 def test_sq_norms_against_numpy():
     xs, ys = _tensors(4), _tensors(5)
-    out = _cpu_kernels.sq_norms(xs, ys)
+    out = sq_norms(xs, ys)
     assert out.shape == (len(SHAPES), 2) and out.dtype == torch.float64
     for k, (x, y) in enumerate(zip(xs, ys)):
         for j, t in enumerate((x, y)):
@@ -64,7 +94,7 @@ def test_lamb_moments_norms_against_numpy(wd, steps, monkeypatch):
     c2s = [1 - b2 ** t for t in steps]
     g_np, w_np, m_np, v_np = ([t.numpy().astype(np.float64) for t in ts] for ts in (gs, ws, ms, vs))
     ms2, vs2 = [m.clone() for m in ms], [v.clone() for v in vs]
-    out, rs = _cpu_kernels.lamb_moments_norms_(gs, ws, ms, vs, (b1, b2), c1s, c2s, eps, wd)
+    out, rs = lamb_moments_norms_(gs, ws, ms, vs, (b1, b2), c1s, c2s, eps, wd)
     assert rs is None  # the kernel ran: r is not stored
     for k in range(len(SHAPES)):
         m = b1 * m_np[k] + (1 - b1) * g_np[k]
@@ -75,8 +105,8 @@ def test_lamb_moments_norms_against_numpy(wd, steps, monkeypatch):
         assert float(out[k, 0]) == pytest.approx(float((w_np[k] ** 2).sum()), rel=1e-6)
         assert float(out[k, 1]) == pytest.approx(float((r ** 2).sum()), rel=1e-5)
     # the torch-op version: same moments and norms, and it hands back r
-    monkeypatch.setattr(_cpu_kernels, "available", lambda: False)
-    out2, rs2 = _cpu_kernels.lamb_moments_norms_(gs, ws, ms2, vs2, (b1, b2), c1s, c2s, eps, wd)
+    monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+    out2, rs2 = lamb_moments_norms_(gs, ws, ms2, vs2, (b1, b2), c1s, c2s, eps, wd)
     assert len(rs2) == len(SHAPES)
     torch.testing.assert_close(out2, out, rtol=1e-5, atol=0)
     for a, b in zip(ms + vs, ms2 + vs2):
@@ -97,15 +127,15 @@ def test_dot_adam_moments_against_numpy(monkeypatch):
     c2s = [1 - b2 ** t for t in steps]
     g_np, m_np, v_np = ([t.numpy().astype(np.float64) for t in ts] for ts in (gs, ms, vs))
     ms2, vs2 = [m.clone() for m in ms], [v.clone() for v in vs]
-    h = _cpu_kernels.dot_adam_moments_(gs, ms, vs, (b1, b2), c1s, c2s, use, eps)
+    h = dot_adam_moments_(gs, ms, vs, (b1, b2), c1s, c2s, use, eps)
     want = sum(float((g_np[k] * (m_np[k] / c1s[k]) / (np.sqrt(v_np[k] / c2s[k]) + eps)).sum())
                for k in range(len(SHAPES)) if use[k])
     assert np.isfinite(float(h)) and float(h) == pytest.approx(want, rel=1e-5)
     for k in range(len(SHAPES)):
         np.testing.assert_allclose(ms[k].numpy(), b1 * m_np[k] + (1 - b1) * g_np[k], rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(vs[k].numpy(), b2 * v_np[k] + (1 - b2) * g_np[k] ** 2, rtol=1e-6, atol=1e-7)
-    monkeypatch.setattr(_cpu_kernels, "available", lambda: False)
-    h2 = _cpu_kernels.dot_adam_moments_(gs, ms2, vs2, (b1, b2), c1s, c2s, use, eps)
+    monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+    h2 = dot_adam_moments_(gs, ms2, vs2, (b1, b2), c1s, c2s, use, eps)
     assert float(h2) == pytest.approx(float(h), rel=1e-5)
     for a, b in zip(ms + vs, ms2 + vs2):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
@@ -116,23 +146,23 @@ def test_ineligible_inputs_fall_back_to_torch_ops():
     g64 = [torch.randn(5, 4, dtype=torch.float64)]
     q64 = [torch.randn(5, 4, dtype=torch.float64)]
     want = float((g64[0] * q64[0]).sum())
-    h = _cpu_kernels.dot_update_(g64, q64, 0.0, 1.0)
+    h = dot_update_(g64, q64, 0.0, 1.0)
     assert float(h) == pytest.approx(want, rel=1e-12) and torch.equal(q64[0], g64[0])
     base = torch.randn(6, 8)
     xs = [base[:, ::2]]  # non-contiguous
     assert not xs[0].is_contiguous()
-    out = _cpu_kernels.sq_norms(xs, xs)
+    out = sq_norms(xs, xs)
     assert float(out[0, 0]) == pytest.approx(float((xs[0].double() ** 2).sum()), rel=1e-6)
 
 
 def test_kernel_and_fallback_agree(monkeypatch):
     gs, qs = _tensors(6), _tensors(7)
     qs2 = [q.clone() for q in qs]
-    h_kernel = _cpu_kernels.dot_update_(gs, qs, 0.8, 1.0)
-    n_kernel = _cpu_kernels.sq_norms(gs, qs)
-    monkeypatch.setattr(_cpu_kernels, "available", lambda: False)
-    h_torch = _cpu_kernels.dot_update_(gs, qs2, 0.8, 1.0)
-    n_torch = _cpu_kernels.sq_norms(gs, qs2)
+    h_kernel = dot_update_(gs, qs, 0.8, 1.0)
+    n_kernel = sq_norms(gs, qs)
+    monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+    h_torch = dot_update_(gs, qs2, 0.8, 1.0)
+    n_torch = sq_norms(gs, qs2)
     assert float(h_kernel) == pytest.approx(float(h_torch), rel=1e-5)
     for q, q2 in zip(qs, qs2):
         assert torch.equal(q, q2)
@@ -145,10 +175,10 @@ def test_custom_ops_under_torch_compile():
     qs_eager = [q.clone() for q in qs]
 
     def f(gs, qs):
-        h = _cpu_kernels.dot_update_(gs, qs, 0.5, 1.0)
+        h = dot_update_(gs, qs, 0.5, 1.0)
         c = [torch.tensor(0.5, dtype=torch.float64)] * len(gs)  # tensor corrections, as step_scalars gives them
-        lamb, _ = _cpu_kernels.lamb_moments_norms_(gs, gs, qs, [q.abs() for q in qs], (0.9, 0.99), c, c, 1e-6, 0.1)
-        return h, _cpu_kernels.sq_norms(gs, qs), lamb
+        lamb, _ = lamb_moments_norms_(gs, gs, qs, [q.abs() for q in qs], (0.9, 0.99), c, c, 1e-6, 0.1)
+        return h, sq_norms(gs, qs), lamb
 
     h_c, n_c, l_c = torch.compile(f, fullgraph=True)(gs, qs)
     h_e, n_e, l_e = f(gs, qs_eager)
@@ -157,3 +187,20 @@ def test_custom_ops_under_torch_compile():
     torch.testing.assert_close(l_c, l_e, rtol=1e-12, atol=0)
     for q, q2 in zip(qs, qs_eager):
         assert torch.equal(q, q2)
+
+
+def test_kernels_are_opt_in():
+    """Disabled (the default), an optimizer gets the plain function itself; PRETRAIN_CPU_KERNELS=0 keeps the kernels
+    off even when enabled."""
+    assert fast.kernels_enabled() and fast.kernel("sq_norms", _common.sq_norms) is not _common.sq_norms
+    fast.disable_kernels()
+    assert not fast.kernels_enabled()
+    for name, plain in [("dot_update_", hypergradient.dot_update_), ("sq_norms", _common.sq_norms),
+                        ("lamb_moments_norms_", lamb.lamb_moments_norms_),
+                        ("dot_adam_moments_", hypergradient.dot_adam_moments_)]:
+        assert fast.kernel(name, plain) is plain
+    code = ("from pretrain.optim import _common, fast; import sys; assert not fast.kernels_enabled(); "
+            "fast.enable_kernels(); sys.exit(int(fast.kernels_enabled() or "
+            "fast.kernel('sq_norms', _common.sq_norms) is not _common.sq_norms))")
+    env = {**os.environ, "PRETRAIN_CPU_KERNELS": "0"}
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0

@@ -9,8 +9,9 @@ import sys
 import pytest
 import torch
 
+from helpers import kernels_must_run
 from pretrain.optim import build_optimizer
-from pretrain.optim.compiled import COMPILE_PAYS, NOT_COMPILABLE, compile_step, is_compiled, uncompile_step
+from pretrain.optim.fast.compiled import COMPILE_PAYS, NOT_COMPILABLE, compile_step, is_compiled, uncompile_step
 
 pytestmark = pytest.mark.skipif(os.environ.get("PRETRAIN_SKIP_COMPILE") == "1",
                                 reason="PRETRAIN_SKIP_COMPILE=1: torch.compile unavailable")
@@ -83,22 +84,24 @@ def test_registry_flags_name_registered_optimizers():
 
 
 def test_import_is_cheap():
-    code = "import sys, pretrain.optim.compiled; sys.exit(int('torch._dynamo' in sys.modules))"
+    code = "import sys, pretrain.optim.fast.compiled; sys.exit(int('torch._dynamo' in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "importing compiled.py imports torch._dynamo"
 
 
-# the fused CPU kernels (_cpu_kernels.py) each compiled step must call, as custom ops
+# the fused CPU kernels (fast/cpu_kernels.py, enabled here) each compiled step must call, as custom ops
 KERNEL_OPS = {"lamb": "pretrain::lamb_moments_norms_", "adam_hd": "pretrain::dot_adam_moments_",
               "lars": "pretrain::sq_norms", "sgd_hd": "pretrain::dot_update_"}
 
 
 @pytest.mark.parametrize("name", ["lamb", "rdbd", "adam_hd", "lars", "sgd_hd"])
-def test_step_counters_keep_the_graph_fused(name):
+def test_step_counters_keep_the_graph_fused(name, monkeypatch):
     """The bias corrections come from each tensor's step (lamb: a tensor, rdbd/adam_hd: a Python int, which dynamo
     makes symbolic on the third step): no graph break, no new graph after the third step, the eager result, no
     unfused aten::_foreach_* fallback (a list of symbolic scalars) left in the compiled step, and the fused CPU
     kernels called as custom ops where the optimizer has one."""
     from torch._dynamo.utils import counters
+
+    kernels_must_run(monkeypatch)  # opt-in: enabled for this test
 
     eager = build_optimizer(name, make_groups(), lr=1e-2)
     compiled = compile_step(build_optimizer(name, make_groups(), lr=1e-2))
@@ -128,7 +131,7 @@ def test_auto_compiles_only_on_cpu_and_long_runs():
     """train.compile_optimizer: auto compiles where COMPILE_PAYS (a CPU measurement) says so, on CPU, for runs of
     >= 500 steps; never under DeepSpeed; `always` compiles on any device."""
     from pretrain.config import load_config
-    from pretrain.loop import _compile_optimizer
+    from pretrain.build import should_compile as _compile_optimizer
     from pretrain.optim import build_optimizer
 
     opt = build_optimizer("adopt", [torch.nn.Parameter(torch.zeros(2, 2))])

@@ -1,12 +1,13 @@
 """SGD-HD and Adam-HD against independent NumPy loops of Baydin et al. 2018's rules (with this project's schedule
 interaction: lr_t = hd_lr * group["lr"] / group["initial_lr"])."""
 import copy
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import kernels_must_run
+from helpers import kernels_must_run, regression_grads, regression_loss_torch, regression_problem
 from pretrain.errors import ConfigError
 from pretrain.optim import OPTIMIZERS, build_optimizer
 from pretrain.optim.hypergradient import AdamHD, SGDHD
@@ -15,24 +16,7 @@ STEPS = 12
 FACTORS = [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]  # a warmup + decay schedule
 
 
-def _problem(seed=0, steps=STEPS):
-    rng = np.random.default_rng(seed)
-    w_true = rng.normal(size=(3, 4))
-    batches = []
-    for _ in range(steps):
-        x = rng.normal(size=(8, 4))
-        batches.append((x, x @ w_true.T + 0.3 + rng.normal(scale=0.3, size=(8, 3))))
-    return rng.normal(scale=0.1, size=(3, 4)), rng.normal(scale=0.1, size=3), batches
-
-
-def _grads_numpy(w, b, x, y):
-    r = x @ w.T + b - y
-    return [r.T @ x / len(x), r.sum(0) / len(x)]
-
-
-def _loss_torch(w, b, x, y):
-    r = torch.from_numpy(x).to(w.dtype) @ w.T + b - torch.from_numpy(y).to(w.dtype)
-    return 0.5 * (r ** 2).sum() / len(x)
+_problem = partial(regression_problem, steps=STEPS, offset=0.3, noise_scale=0.3, init_scale=0.1)
 
 
 def hd_numpy(w0, b0, batches, groups, method, hyper_lr, factors, momentum=0.0, nesterov=False,
@@ -44,7 +28,7 @@ def hd_numpy(w0, b0, batches, groups, method, hyper_lr, factors, momentum=0.0, n
     mem = [{"u_prev": None, "buf": None, "m": None, "v": None} for _ in groups]
     history, alpha_history = [], []
     for t, (x, y) in enumerate(batches, start=1):
-        grads = _grads_numpy(params[0], params[1], x, y)
+        grads = regression_grads(params[0], params[1], x, y)
         for k, (idx, _) in enumerate(groups):
             p = np.concatenate([params[i].ravel() for i in idx])
             g = np.concatenate([grads[i].ravel() for i in idx])
@@ -86,7 +70,7 @@ def _torch_run(opt, w, b, batches, factors, start=0):
         for g in opt.param_groups:  # what the training loop's schedule does
             g["lr"] = g["initial_lr"] * factors[t]
         opt.zero_grad()
-        _loss_torch(w, b, x, y).backward()
+        regression_loss_torch(w, b, x, y).backward()
         opt.step()
         history.append([w.detach().numpy().copy(), b.detach().numpy().copy()])
         alphas.append([g["hd_lr"] for g in opt.param_groups])
@@ -134,10 +118,10 @@ def test_matches_numpy_reference(method, cls, hp, grouping, foreach, scheduled):
 @pytest.mark.parametrize("method,cls,hp", [*CASES[:2], CASES[3]])
 @pytest.mark.parametrize("grouping", GROUPINGS, ids=["one_group", "two_groups"])
 def test_fp32_fused_kernel_path_matches_numpy_reference(method, cls, hp, grouping, monkeypatch):
-    """fp32 CPU parameters take the fused first-pass kernels (_cpu_kernels.py) for SGD-HD, SGD-HD with heavy ball
-    momentum (dot + direction update) and Adam-HD (dot + moments): the same rule as the fp64 NumPy loop, to fp32
-    accuracy; the torch-op fallback is never used."""
-    kernels_must_run(monkeypatch, "_dot_update_torch", "_dot_adam_moments_torch")
+    """With the kernels enabled, fp32 CPU parameters take the fused first-pass kernels (fast/cpu_kernels.py) for
+    SGD-HD, SGD-HD with heavy ball momentum (dot + direction update) and Adam-HD (dot + moments): the same rule as
+    the fp64 NumPy loop, to fp32 accuracy; the torch-op fallback is never used."""
+    kernels_must_run(monkeypatch, "hypergradient.dot_update_", "hypergradient.dot_adam_moments_")
     w0, b0, batches = _problem()
     expected, expected_alpha = hd_numpy(w0, b0, batches, grouping, method, factors=FACTORS, **hp)
     opt, w, b = _build(cls, w0, b0, grouping, True, dtype=torch.float32, **hp)

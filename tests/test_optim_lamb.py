@@ -1,11 +1,13 @@
 """LAMB against an independent numpy reference of You et al. 2020's Algorithm 2 (per-tensor trust ratio)."""
 import math
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import assert_foreach_matches_reference, assert_state_dict_round_trip, kernels_must_run
+from helpers import (assert_foreach_matches_reference, assert_state_dict_round_trip, kernels_must_run,
+                     quadratic_arrays, quadratic_grad)
 from pretrain.errors import ConfigError
 from pretrain.optim import OPTIMIZERS, build_optimizer
 from pretrain.optim.lamb import LAMB
@@ -14,19 +16,8 @@ SHAPES = [(3, 4), (5,), (2, 3, 2), (4,)]
 STEPS = 12
 
 
-def init_arrays():
-    rng = np.random.default_rng(0)
-    arrays = [rng.normal(size=s) for s in SHAPES]
-    arrays[3] = np.zeros(SHAPES[3])  # ||p|| = 0 on the first step: trust ratio 1
-    return arrays
-
-
-def noise(t, i):
-    return np.random.default_rng(4000 + 17 * t + i).normal(size=SHAPES[i])
-
-
-def grad(t, i, p):
-    return 0.7 * p + noise(t, i)
+init_arrays = partial(quadratic_arrays, SHAPES, zeros=(3,))  # ||p|| = 0 on the first step: trust ratio 1
+grad = partial(quadratic_grad, SHAPES, salt=4000)
 
 
 def numpy_lamb(steps, lr, b1, b2, eps, wd, clamp_value=None, bias_correction=True):
@@ -81,9 +72,9 @@ def test_matches_numpy_reference(foreach, variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_fp32_fused_kernel_matches_numpy_reference(variant, monkeypatch):
-    """fp32 CPU parameters take the fused moments + norms pass (_cpu_kernels.py): the fp64 NumPy rule to fp32
-    accuracy; the torch-op fallback is never used."""
-    kernels_must_run(monkeypatch, "_lamb_moments_norms_torch")
+    """With the kernels enabled, fp32 CPU parameters take the fused moments + norms pass (fast/cpu_kernels.py):
+    the fp64 NumPy rule to fp32 accuracy; the torch-op fallback is never used."""
+    kernels_must_run(monkeypatch, "lamb.lamb_moments_norms_")
     params = torch_params(torch.float32)
     run(LAMB(params, **HP, **variant), params, 0, STEPS)
     ref = numpy_lamb(STEPS, HP["lr"], *HP["betas"], HP["eps"], HP["weight_decay"], **variant)

@@ -1,11 +1,13 @@
 """LARS against an independent numpy reference of You et al. 2017's update rule."""
 import math
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import assert_foreach_matches_reference, assert_state_dict_round_trip, kernels_must_run
+from helpers import (assert_foreach_matches_reference, assert_state_dict_round_trip, kernels_must_run,
+                     quadratic_arrays, quadratic_grad)
 from pretrain.errors import ConfigError
 from pretrain.optim import OPTIMIZERS, build_optimizer
 from pretrain.optim.lars import LARS
@@ -14,19 +16,8 @@ SHAPES = [(3, 4), (5,), (2, 3, 2), (4, 2)]
 STEPS = 12
 
 
-def init_arrays():
-    rng = np.random.default_rng(0)
-    arrays = [rng.normal(size=s) for s in SHAPES]
-    arrays[3] = np.zeros(SHAPES[3])  # ||w|| = 0 on the first step: trust ratio 1
-    return arrays
-
-
-def noise(t, i):
-    return np.random.default_rng(5000 + 17 * t + i).normal(size=SHAPES[i])
-
-
-def grad(t, i, p):
-    return 0.7 * p + noise(t, i)
+init_arrays = partial(quadratic_arrays, SHAPES, zeros=(3,))  # ||w|| = 0 on the first step: trust ratio 1
+grad = partial(quadratic_grad, SHAPES, salt=5000)
 
 
 def numpy_lars(steps, lr, mu, wd, tc, eps, exclude_vectors):
@@ -73,9 +64,9 @@ def test_matches_numpy_reference(foreach, exclude_vectors):
 
 @pytest.mark.parametrize("exclude_vectors", [True, False])
 def test_fp32_fused_norm_kernel_matches_numpy_reference(exclude_vectors, monkeypatch):
-    """fp32 CPU parameters take the fused ||w||^2, ||g||^2 kernel (_cpu_kernels.py): the fp64 NumPy rule to fp32
-    accuracy; the torch-op fallback is never used."""
-    kernels_must_run(monkeypatch, "_sq_norms_torch")
+    """With the kernels enabled, fp32 CPU parameters take the fused ||w||^2, ||g||^2 kernel (fast/cpu_kernels.py):
+    the fp64 NumPy rule to fp32 accuracy; the torch-op fallback is never used."""
+    kernels_must_run(monkeypatch, "lars.sq_norms")
     params = torch_params(torch.float32)
     run(LARS(params, **HP, exclude_vectors=exclude_vectors), params, 0, STEPS)
     ref = numpy_lars(STEPS, *HP.values(), exclude_vectors)

@@ -1,9 +1,11 @@
 """Lion against an independent numpy reference of Chen et al. 2023's update rule."""
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
 
-from helpers import assert_foreach_matches_reference, assert_state_dict_round_trip
+from helpers import assert_foreach_matches_reference, assert_state_dict_round_trip, quadratic_arrays, quadratic_grad
 from pretrain.errors import ConfigError
 from pretrain.optim import OPTIMIZERS, build_optimizer
 from pretrain.optim.lion import Lion
@@ -12,18 +14,8 @@ SHAPES = [(3, 4), (5,), (2, 3, 2)]
 STEPS = 12
 
 
-def init_arrays():
-    rng = np.random.default_rng(0)
-    return [rng.normal(size=s) for s in SHAPES]
-
-
-def noise(t, i):
-    return np.random.default_rng(1000 + 17 * t + i).normal(size=SHAPES[i])
-
-
-def grad(t, i, p):
-    """A deterministic gradient that depends on the current parameter (quadratic + noise)."""
-    return 0.7 * p + noise(t, i)
+init_arrays = partial(quadratic_arrays, SHAPES)
+grad = partial(quadratic_grad, SHAPES, salt=1000)
 
 
 def numpy_lion(steps, lr, b1, b2, wd):

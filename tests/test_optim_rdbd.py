@@ -1,10 +1,12 @@
 """RDBD against an independent NumPy loop of the rule in REFERENCES.md (per coordinate, written from the rule)."""
 import copy
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
+from helpers import regression_grads, regression_loss_torch, regression_problem
 from pretrain.errors import ConfigError
 from pretrain.optim import OPTIMIZERS, build_optimizer
 from pretrain.optim.rdbd import RDBD
@@ -15,27 +17,8 @@ HP = dict(lr=0.05, theta=0.7, kappa=0.2, phi=0.3, a_min=0.5, a_max=1.6, betas=(0
           momentum=0.8, weight_decay=0.05)
 
 
-def _problem(seed=0):
-    rng = np.random.default_rng(seed)
-    w_true = rng.normal(size=(3, 4))
-    batches = []
-    for _ in range(STEPS + 4):
-        x = rng.normal(size=(8, 4))
-        y = x @ w_true.T + 0.5 + rng.normal(scale=1.0, size=(8, 3))  # noisy: gradient signs flip
-        batches.append((x, y))
-    w0 = rng.normal(scale=0.1, size=(3, 4))
-    b0 = rng.normal(scale=0.1, size=3)
-    return w0, b0, batches
-
-
-def _grads_numpy(w, b, x, y):
-    r = x @ w.T + b - y
-    return [r.T @ x / len(x), r.sum(0) / len(x)]
-
-
-def _loss_torch(w, b, x, y):
-    r = torch.from_numpy(x) @ w.T + b - torch.from_numpy(y)
-    return 0.5 * (r ** 2).sum() / len(x)
+# noisy (noise_scale 1.0): gradient signs flip
+_problem = partial(regression_problem, steps=STEPS + 4, offset=0.5, noise_scale=1.0, init_scale=0.1)
 
 
 def rdbd_numpy(w0, b0, batches, base, lr, theta, kappa, phi, a_min, a_max, betas, eps, momentum, weight_decay):
@@ -47,7 +30,7 @@ def rdbd_numpy(w0, b0, batches, base, lr, theta, kappa, phi, a_min, a_max, betas
     events = {"regret": 0, "at_max": 0, "at_min": 0}
     history = []
     for t, (x_b, y_b) in enumerate(batches, start=1):
-        grads = _grads_numpy(params[0], params[1], x_b, y_b)
+        grads = regression_grads(params[0], params[1], x_b, y_b)
         for p, g, s in zip(params, grads, st):
             for i in np.ndindex(p.shape):
                 a = s["a"][i]
@@ -94,7 +77,7 @@ def _run(w, b, opt, batches):
     history = []
     for x, y in batches:
         opt.zero_grad()
-        _loss_torch(w, b, x, y).backward()
+        regression_loss_torch(w, b, x, y).backward()
         opt.step()
         history.append([w.detach().numpy().copy(), b.detach().numpy().copy()])
     return history

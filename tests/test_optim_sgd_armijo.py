@@ -1,10 +1,12 @@
 """SGD-Armijo against an independent NumPy loop of the sls rule (Vaswani et al. 2019; IssamLaradji/sls)."""
 import copy
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
+from helpers import regression_grads, regression_problem
 from pretrain.errors import ConfigError
 from pretrain.optim import OPTIMIZERS, build_optimizer, requires_closure
 from pretrain.optim.sgd_armijo import SGDArmijo
@@ -13,24 +15,13 @@ STEPS = 12
 HP = dict(lr=1.0, c=0.1, beta_b=0.9, gamma=2.0, n_batches_per_epoch=4, eta_max=10.0, max_backtracks=100)
 
 
-def _problem(seed=0, steps=STEPS):
-    rng = np.random.default_rng(seed)
-    w_true = rng.normal(size=(3, 4))
-    batches = []
-    for _ in range(steps):
-        x = rng.normal(size=(8, 4)) * np.array([2.0, 1.0, 0.5, 1.5])  # curvature up to ~10: eta=1 overshoots
-        batches.append((x, x @ w_true.T + 0.3 + rng.normal(scale=0.3, size=(8, 3))))
-    return rng.normal(size=(3, 4)), rng.normal(size=3), batches
+# x_scale: curvature up to ~10, eta=1 overshoots
+_problem = partial(regression_problem, steps=STEPS, offset=0.3, noise_scale=0.3, x_scale=[2.0, 1.0, 0.5, 1.5])
 
 
 def _loss_numpy(w, b, x, y):
     r = x @ w.T + b - y
     return 0.5 * (r ** 2).sum() / len(x)
-
-
-def _grads_numpy(w, b, x, y):
-    r = x @ w.T + b - y
-    return [r.T @ x / len(x), r.sum(0) / len(x)]
 
 
 def armijo_numpy(w0, b0, batches, lr, c, beta_b, gamma, n_batches_per_epoch, eta_max, max_backtracks,
@@ -45,7 +36,7 @@ def armijo_numpy(w0, b0, batches, lr, c, beta_b, gamma, n_batches_per_epoch, eta
 
     for x, y in batches:
         eta = min(step_size * gamma ** (1.0 / n_batches_per_epoch), eta_max)
-        grads = [g + wd[i] * params[i] for i, g in enumerate(_grads_numpy(params[0], params[1], x, y))]
+        grads = [g + wd[i] * params[i] for i, g in enumerate(regression_grads(params[0], params[1], x, y))]
         directions = [mult[i] * grads[i] for i in range(2)]
         g_norm = np.sqrt(sum((g ** 2).sum() for g in grads))
         g_dot_d = sum((g * d).sum() for g, d in zip(grads, directions))
@@ -127,7 +118,7 @@ def test_no_step_accepted_takes_the_sls_fallback_step():
     opt, w, b = _build(w0, b0, **hp)
     got, calls = _run(opt, w, b, batches)
     assert got[0][2] == 3 and calls[0] == 4
-    np.testing.assert_allclose(got[0][0][0], w0 - 1e-6 * _grads_numpy(w0, b0, *batches[0])[0], rtol=1e-12)
+    np.testing.assert_allclose(got[0][0][0], w0 - 1e-6 * regression_grads(w0, b0, *batches[0])[0], rtol=1e-12)
     for g, e in zip(got, expected):
         for gp, ep in zip(g[0], e[0]):
             np.testing.assert_allclose(gp, ep, rtol=1e-6, atol=1e-12)

@@ -1,11 +1,12 @@
 """Sophia-G against an independent numpy reference of Liu et al. 2023's update rule (official SophiaG)."""
 import io
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import assert_foreach_matches_reference
+from helpers import assert_foreach_matches_reference, quadratic_arrays, quadratic_grad, quadratic_noise
 from pretrain.errors import ConfigError
 from pretrain.optim import OPTIMIZERS, build_optimizer, hessian_interval
 from pretrain.optim.sophia import Sophia, gnb_sampled_loss
@@ -15,17 +16,9 @@ STEPS = 12
 K = 3  # Hessian update interval in these tests (steps 2, 5, 8, 11)
 
 
-def init_arrays():
-    rng = np.random.default_rng(0)
-    return [rng.normal(size=s) for s in SHAPES]
-
-
-def noise(t, i, salt=3000):
-    return np.random.default_rng(salt + 17 * t + i).normal(size=SHAPES[i])
-
-
-def grad(t, i, p):
-    return 0.7 * p + noise(t, i)
+init_arrays = partial(quadratic_arrays, SHAPES)
+noise = partial(quadratic_noise, SHAPES, salt=3000)
+grad = partial(quadratic_grad, SHAPES, salt=3000)
 
 
 def g_hat(t, i):

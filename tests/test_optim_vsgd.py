@@ -2,11 +2,13 @@
 curvature, the curvature-variance rate and the outlier rule of Schaul & LeCun 2013, and the slow-start
 initialization."""
 import copy
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
+from helpers import regression_grads, regression_problem
 from pretrain.errors import ConfigError
 from pretrain.optim import OPTIMIZERS, build_optimizer, requires_closure
 from pretrain.optim.vsgd import VSGD
@@ -15,19 +17,7 @@ STEPS = 12
 HP = dict(n0=3, c=2.0, eps=1e-12)
 
 
-def _problem(seed=0, steps=STEPS):
-    rng = np.random.default_rng(seed)
-    w_true = rng.normal(size=(3, 4))
-    batches = []
-    for _ in range(steps):
-        x = rng.normal(size=(8, 4)) * np.array([2.0, 1.0, 0.5, 1.5])
-        batches.append((x, x @ w_true.T + 0.3 + rng.normal(scale=0.5, size=(8, 3))))
-    return rng.normal(size=(3, 4)), rng.normal(size=3), batches
-
-
-def _grads_numpy(w, b, x, y):
-    r = x @ w.T + b - y
-    return [r.T @ x / len(x), r.sum(0) / len(x)]
+_problem = partial(regression_problem, steps=STEPS, offset=0.3, noise_scale=0.5, x_scale=[2.0, 1.0, 0.5, 1.5])
 
 
 def vsgd_numpy(w0, b0, batches, n0, c, eps, lr=(1.0, 1.0), wd=(0.0, 0.0), max_norm=None):
@@ -38,7 +28,7 @@ def vsgd_numpy(w0, b0, batches, n0, c, eps, lr=(1.0, 1.0), wd=(0.0, 0.0), max_no
     st = [{k: np.zeros_like(p) for k in ("gbar", "vbar", "hbar", "vhbar", "tau")} for p in params]
     history, outliers = [], 0
     for k, (x, y) in enumerate(batches, start=1):
-        raw = _grads_numpy(params[0], params[1], x, y)
+        raw = regression_grads(params[0], params[1], x, y)
         scale = 1.0
         if max_norm is not None:
             scale = min(1.0, max_norm / (np.sqrt(sum((g ** 2).sum() for g in raw)) + 1e-6))
@@ -46,7 +36,7 @@ def vsgd_numpy(w0, b0, batches, n0, c, eps, lr=(1.0, 1.0), wd=(0.0, 0.0), max_no
         grads = [g + wd[i] * params[i] for i, g in enumerate(raw)]
         deltas = [grads[i] if k <= n0 else st[i]["gbar"].copy() for i in range(2)]
         moved = [params[i] + deltas[i] for i in range(2)]
-        grads2 = [g + wd[i] * moved[i] for i, g in enumerate(_grads_numpy(moved[0], moved[1], x, y))]
+        grads2 = [g + wd[i] * moved[i] for i, g in enumerate(regression_grads(moved[0], moved[1], x, y))]
         for i in range(2):
             g, s = grads[i], st[i]
             h = np.abs(grads2[i] - g) / (np.abs(deltas[i]) + eps)

@@ -8,6 +8,7 @@ ranges, registry names, optimizer and schedule keywords, divisibility of the bat
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import typing
@@ -64,8 +65,13 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     compile: bool = False  # torch.compile the model
     compile_optimizer: str = "auto"  # auto (on CPU where bench/ measured it pays, runs >= 500 steps) | always | never
+    fast_kernels: bool = True  # fused CPU kernels for the reduction passes of sgd_hd, adam_hd, lars, lamb (optim/fast)
     init_from: Optional[str] = None  # a checkpoint directory to branch from (e.g. a WSD cooldown)
     progress: bool = True
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch_size * self.seq_len
 
 
 @dataclass
@@ -217,12 +223,6 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.resume not in ("none", "auto") and not os.path.isdir(os.path.expanduser(cfg.resume)):
         raise ConfigError("resume", f"{cfg.resume!r} is neither 'none', 'auto' nor an existing checkpoint directory")
 
-    if t.compile_optimizer == "always":
-        from .optim.compiled import NOT_COMPILABLE
-        name = cfg.optim.get("name")
-        if name in NOT_COMPILABLE:
-            raise ConfigError("train.compile_optimizer", f"the step of {name!r} cannot be compiled: "
-                              f"{NOT_COMPILABLE[name]}", ["auto", "never"])
     for section, spec_fn, check in (("optim", optim_spec, validate_hparams), ("schedule", sched_spec, validate_kwargs)):
         block = dict(getattr(cfg, section))
         if "name" not in block:
@@ -230,10 +230,63 @@ def validate(cfg: RunConfig) -> RunConfig:
         name = block.pop("name")
         spec_fn(name)
         check(name, block)
-    from .schedules import build_schedule
-    build_schedule(cfg.schedule["name"], peak_lr=float(cfg.optim.get("lr", 1.0) or 1.0), total_steps=t.steps,
-                   **schedule_kwargs(cfg))  # range checks that need the run length (warmup, decay, MPL file)
+    spec = optim_spec(cfg.optim["name"])
+    if t.compile_optimizer == "always" and not spec.compilable:
+        raise ConfigError("train.compile_optimizer", f"the step of {spec.name!r} cannot be compiled: "
+                          f"{spec.compile}", ["auto", "never"])
+    check_engine(cfg, launch_engine())
+    build_run_schedule(cfg)  # range checks that need the run length (warmup, decay, MPL file)
     return cfg
+
+
+def launch_engine() -> str:
+    """The engine `accelerate launch` set up for this process (from its environment): deepspeed, fsdp or ddp
+    (also one process)."""
+    for engine in ("deepspeed", "fsdp"):
+        if os.environ.get(f"ACCELERATE_USE_{engine.upper()}", "false").lower() == "true":
+            return engine
+    return "ddp"
+
+
+def check_engine(cfg: RunConfig, engine: str) -> None:
+    """What the engine cannot do, from the specs (before anything is built): DeepSpeed owns the optimizer step
+    and flattens the parameters into partitions."""
+    from .optim import get_spec as optim_spec
+    from .schedules import get_spec as sched_spec
+
+    name = cfg.optim["name"]
+    conflict = optim_spec(name).needs.engine_conflict(engine)
+    if conflict:
+        raise ConfigError("optim.name", f"{name} {conflict}; use DDP or FSDP")
+    if engine == "deepspeed" and sched_spec(cfg.schedule["name"]).controller:
+        raise ConfigError("schedule.name", f"{cfg.schedule['name']} restores model and optimizer snapshots, which "
+                          "the DeepSpeed engine does not support here; use DDP or FSDP")
+
+
+def optimizer_hparams(cfg: RunConfig) -> dict:
+    """The optimizer's keyword arguments: the recipe's, with the lr scaled by the batch-size rule."""
+    from .optim import get_spec
+
+    hp = {k: v for k, v in cfg.optim.items() if k != "name"}
+    hp["lr"] = batch_scaled_lr(cfg, hp.get("lr", get_spec(cfg.optim["name"]).defaults.get("lr")))
+    return hp
+
+
+def batch_scaled_lr(cfg: RunConfig, lr: float) -> float:
+    """Batch-size lr rules: linear (Goyal et al. 2017) or square root (Malladi et al. 2022)."""
+    rule, base = cfg.scaling.batch_lr_rule, cfg.scaling.base_batch_size
+    if rule == "none":
+        return lr
+    k = cfg.train.global_batch_size / base
+    return lr * (k if rule == "linear" else math.sqrt(k))
+
+
+def build_run_schedule(cfg: RunConfig):
+    """The run's schedule, peaking at the optimizer's (batch-scaled) lr."""
+    from .schedules import build_schedule
+
+    return build_schedule(cfg.schedule["name"], peak_lr=optimizer_hparams(cfg)["lr"], total_steps=cfg.train.steps,
+                          **schedule_kwargs(cfg))
 
 
 def schedule_kwargs(cfg: RunConfig) -> dict:
@@ -243,8 +296,7 @@ def schedule_kwargs(cfg: RunConfig) -> dict:
     name = cfg.schedule["name"]
     kw = {k: v for k, v in cfg.schedule.items() if k != "name"}
     defaults = SCHEDULES[name].defaults
-    fill = {"tokens_per_step": cfg.train.global_batch_size * cfg.train.seq_len,
-            "batch_size": cfg.train.global_batch_size}
+    fill = {"tokens_per_step": cfg.train.tokens_per_step, "batch_size": cfg.train.global_batch_size}
     for key, value in fill.items():
         if key in defaults and kw.get(key, defaults[key]) is None:
             kw[key] = value

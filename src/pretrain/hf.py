@@ -26,32 +26,33 @@ warmup_steps=args.get_warmup_steps(max_steps), **lr_scheduler_kwargs)` (a `warmu
 `lr_scheduler_kwargs` wins), applied as `LambdaLR(optimizer, lambda step: schedule.factor(step))`, so each
 parameter group keeps its own base lr.
 
-Optimizer capabilities, asked from the optimizer object (never by name), for ours and any other optimizer
-(also one passed in `Trainer(optimizers=...)`), through torch's optimizer step hooks, so they work whatever
-wraps the optimizer (accelerate, DDP, FSDP):
-  * `requires_closure`: a step pre-hook passes `step(closure)`; `closure(backward=False)` is the loss on this
-    optimizer step's batch (all its micro-batches, averaged over processes) at the current parameters,
-    without a graph; `closure(backward=True)` zeroes the gradients and recomputes loss and gradients.
-  * `hessian_interval(opt) = k > 0` (Sophia): after every k-th optimizer step, a step post-hook runs a forward
-    on the step's batch, backpropagates `gnb_sampled_loss(logits)` (averaged over micro-batches), calls
-    `opt.update_hessian()` and zeroes the gradients.
-  * a parameter group with `bs=None` (Sophia) gets bs = tokens per optimizer step = total train batch size
-    (per device x accumulation x data-parallel world) x the sequence length of the first batch, at step 1.
-  * `has_train_eval` (Schedule-Free): transformers already calls `optimizer.train()` in each training step
+The step protocol. What an optimizer's step needs is declared on its spec (`pretrain.optim.Needs`; an
+optimizer passed in `Trainer(optimizers=...)` may declare `pretrain_needs`, or `requires_closure = True`) and
+carried out by `pretrain.step.StepProtocol`, the same code the training loop runs, through torch's optimizer
+step hooks (so it works whatever wraps the optimizer: accelerate, DDP, FSDP). `TrainerEngine` tells it how
+this Trainer runs a micro-batch (the step's batch is recorded by `get_batch_samples`, called once per
+optimizer step by transformers' loop):
+  * closure: `step(closure)`; `closure()` is the loss on this optimizer step's batch (all its micro-batches,
+    averaged over processes) at the current parameters, without a graph; `closure(backward=True)` zeroes the
+    gradients and recomputes loss and gradients.
+  * Hessian estimate (Sophia): after every k-th optimizer step, the declared loss of the step's logits
+    (`gnb_sampled_loss`, averaged over micro-batches) is backpropagated and `opt.update_hessian()` called.
+  * tokens per step: a parameter group with `bs=None` (Sophia) gets the total train batch size (per device x
+    accumulation x data-parallel world) x the sequence length of the first batch, at step 1.
+  * train/eval modes (Schedule-Free): transformers already calls `optimizer.train()` in each training step
     and `optimizer.eval()` for evaluation; here the optimizer is also put in eval mode for `save_model`
     (checkpoints) and at the end of `train()`, so the model holds the weights one evaluates.
-The step's batch is recorded by `get_batch_samples` (called once per optimizer step by the training loop).
 
 Limitations: closure and Hessian optimizers are rejected with DeepSpeed (its engine steps the optimizer on
 its own flat partitions) and with fp16 (the gradient scaler does not support closures and would scale the
-recomputed gradients); use bf16 or fp32, DDP or FSDP. A closure re-runs the model in training mode: models
-with dropout give a line search a different mask per call (use dropout 0 for line-search optimizers).
+recomputed gradients), Muon with DeepSpeed (ZeRO flattens its matrices); use bf16 or fp32, DDP or FSDP.
+Controller schedules (AutoLRS) are rejected: their lr search needs the training loop's snapshots (train.py).
+A closure re-runs the model in training mode: models with dropout give a line search a different mask per
+call (use dropout 0 for line-search optimizers).
 """
 from __future__ import annotations
 
 import ast
-import contextlib
-import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -60,10 +61,10 @@ from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames
 
 from .errors import ConfigError
-from .optim import (OPTIMIZERS, build_optimizer, get_spec, has_train_eval, hessian_interval, requires_closure,
-                    unwrap, validate_hparams)
+from .optim import OPTIMIZERS, build_optimizer, get_spec, needs_of, unwrap, validate_hparams
 from .schedules import SCHEDULES, build_schedule, validate_kwargs
 from .schedules import get_spec as get_schedule_spec
+from .step import StepProtocol
 
 PREFIX = "pretrain:"
 
@@ -172,6 +173,10 @@ class TrainingArguments(transformers.TrainingArguments):
             self.optim_args = ",".join(f"{k}={v}" for k, v in self.optim_args.items())
         if ours_schedule:
             self.lr_scheduler_type = schedule
+            if get_schedule_spec(ours_schedule).controller:
+                raise ConfigError("lr_scheduler_type", f"{ours_schedule!r} searches its lr with trial runs from "
+                                  "model and optimizer snapshots, which only the training loop (train.py) takes; "
+                                  "pick a schedule", sorted(n for n, sp in SCHEDULES.items() if not sp.controller))
             if self.max_steps > 0:
                 self.build_schedule(self.max_steps)  # validate names and values now
             else:
@@ -212,12 +217,66 @@ class TrainingArguments(transformers.TrainingArguments):
                               **self.schedule_kwargs(num_training_steps))
 
 
+class TrainerEngine:
+    """The Trainer's side of the step protocol (`pretrain.step`): this optimizer step's micro-batches (recorded by
+    `get_batch_samples`), its loss as transformers' `training_step` scales it, logits, backward, sync."""
+
+    def __init__(self, trainer: "Trainer"):
+        self.trainer = trainer
+        self.seed, self.rank = trainer.args.seed, trainer.args.process_index
+
+    def micro_batches(self):
+        step = self.trainer._step_batches
+        return None if step is None else step[0]
+
+    def loss(self, inputs) -> torch.Tensor:
+        tr, num_items = self.trainer, self.trainer._step_batches[1]
+        with tr.compute_loss_context_manager():
+            loss = tr.compute_loss(tr.model_wrapped, tr._prepare_inputs(inputs), num_items_in_batch=num_items)
+        if tr.args.n_gpu > 1:
+            loss = loss.mean()
+        if not self._loss_is_scaled_for_ga(num_items):
+            loss = loss / tr.current_gradient_accumulation_steps
+        return loss
+
+    def _loss_is_scaled_for_ga(self, num_items) -> bool:
+        """The rule transformers' training_step applies before dividing by the accumulation steps."""
+        tr = self.trainer
+        if tr.loss_is_scaled_for_ga is not None:
+            return tr.loss_is_scaled_for_ga
+        return bool((tr.model_accepts_loss_kwargs and num_items is not None) or tr.compute_loss_func is not None)
+
+    def logits(self, inputs):
+        tr = self.trainer
+        inputs = {k: v for k, v in tr._prepare_inputs(inputs).items() if k != "labels"}
+        mask = inputs.get("attention_mask")
+        with tr.compute_loss_context_manager():
+            out = tr.model_wrapped(**inputs)
+        return (out["logits"] if isinstance(out, dict) else out[0]), None if mask is None else mask.bool()
+
+    def backward(self, share) -> None:
+        self.trainer.accelerator.backward(share)
+
+    def no_sync(self):
+        return self.trainer.accelerator.no_sync(self.trainer.model_wrapped)
+
+    def mean(self, value):
+        return self.trainer.accelerator.reduce(value, "mean")
+
+    def steps_done(self) -> int:
+        return self.trainer.state.global_step
+
+    def tokens_per_step(self) -> int:
+        batches = self.micro_batches()
+        return self.trainer.get_total_train_batch_size(self.trainer.args) * batches[0]["input_ids"].shape[-1]
+
+
 class Trainer(transformers.Trainer):
-    """transformers.Trainer that builds pretrain's optimizers and schedules and honours their capabilities
-    (closure, Hessian estimate, train/eval modes); see the module doc."""
+    """transformers.Trainer that builds pretrain's optimizers and schedules and runs the step protocol
+    (`pretrain.step`: closure, Hessian estimate, train/eval modes, tokens per step); see the module doc."""
 
     _step_batches = None  # (micro-batches, num_items_in_batch) of the current optimizer step
-    _hooked = None  # the optimizer whose step hooks are installed
+    _protocol = None  # the StepProtocol installed on the current optimizer
 
     # -- construction ----------------------------------------------------------------------------------------
     def create_optimizer(self, model=None):
@@ -226,7 +285,7 @@ class Trainer(transformers.Trainer):
             self.optimizer = build_optimizer(name, self.model if model is None else model,
                                              **self.args.optimizer_hparams())
         opt = super().create_optimizer(model)
-        self._install_hooks(opt)
+        self._install_protocol(opt)
         return opt
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
@@ -237,17 +296,16 @@ class Trainer(transformers.Trainer):
             self._created_lr_scheduler = True
         return super().create_scheduler(num_training_steps, optimizer)
 
-    def _install_hooks(self, opt) -> None:
+    def _install_protocol(self, opt) -> None:
         opt = unwrap(opt)  # the torch optimizer itself (after a first train(), self.optimizer is accelerate's)
-        if opt is None or opt is self._hooked:
+        if opt is None or (self._protocol is not None and self._protocol.optimizer is opt):
             return
-        if (requires_closure(opt) or hessian_interval(opt)) and (self.is_deepspeed_enabled or self.args.fp16):
-            raise ConfigError("optim", f"{type(opt).__name__} needs a loss closure or a Hessian estimate, which "
-                              "DeepSpeed's engine and the fp16 gradient scaler do not support; use bf16/fp32 "
-                              "with DDP or FSDP")
-        opt.register_step_pre_hook(self._before_step)
-        opt.register_step_post_hook(self._after_step)
-        self._hooked = opt
+        needs = needs_of(opt)
+        for engine, used in (("deepspeed", self.is_deepspeed_enabled), ("fp16", self.args.fp16)):
+            conflict = needs.engine_conflict(engine) if used else None
+            if conflict:
+                raise ConfigError("optim", f"{type(opt).__name__} {conflict}; use bf16/fp32 with DDP or FSDP")
+        self._protocol = StepProtocol(opt, TrainerEngine(self))
 
     # -- the training loop's hooks ---------------------------------------------------------------------------
     def get_batch_samples(self, epoch_iterator, num_batches, device):
@@ -260,85 +318,10 @@ class Trainer(transformers.Trainer):
             return super().train(*args, **kwargs)
         finally:
             self._step_batches = None
-            if self.optimizer is not None and has_train_eval(self.optimizer):
-                self.optimizer.eval()
+            if self._protocol is not None:
+                self._protocol.eval_mode()
 
     def save_model(self, output_dir=None, _internal_call=False):
-        if self.optimizer is not None and has_train_eval(self.optimizer):
-            self.optimizer.eval()  # the next training_step switches back (transformers calls optimizer.train())
+        if self._protocol is not None:
+            self._protocol.eval_mode()  # the next training_step switches back (transformers calls optimizer.train())
         return super().save_model(output_dir, _internal_call)
-
-    def _before_step(self, opt, args, kwargs):
-        """Step pre-hook: fill Sophia's tokens per step; pass a closure to optimizers that require one."""
-        if self._step_batches is None:
-            return None
-        batches, _ = self._step_batches
-        missing = [g for g in opt.param_groups if "bs" in g and g["bs"] is None]
-        if missing:
-            tokens = self.get_total_train_batch_size(self.args) * batches[0]["input_ids"].shape[-1]
-            for g in missing:
-                g["bs"] = tokens
-        given = kwargs.get("closure", args[1] if len(args) > 1 else None)
-        if not requires_closure(opt) or given is not None:
-            return None
-        closure = functools.partial(self._closure, opt)
-        if len(args) > 1:
-            return (args[0], closure, *args[2:]), kwargs
-        return args, {**kwargs, "closure": closure}
-
-    def _after_step(self, opt, args, kwargs):
-        """Step post-hook: every k-th optimizer step, the GNB Hessian estimate on the step's batch."""
-        k = hessian_interval(opt)
-        if k and self._step_batches is not None and (self.state.global_step + 1) % k == 0:
-            self._hessian_estimate(opt)
-
-    # -- closure and Hessian estimate ------------------------------------------------------------------------
-    def _micro_batches(self, backward: bool):
-        """(inputs, context) per micro-batch of this step; gradients sync on the last one only."""
-        model, (batches, _) = self.model_wrapped, self._step_batches
-        for i, inputs in enumerate(batches):
-            last = i == len(batches) - 1
-            sync = contextlib.nullcontext() if (last or not backward) else self.accelerator.no_sync(model)
-            yield self._prepare_inputs(inputs), sync
-
-    def _closure(self, opt, backward: bool = False) -> torch.Tensor:
-        """The loss on this step's batch at the current parameters (as training_step scales it, summed over
-        micro-batches, averaged over processes); with backward=True also the gradients."""
-        model, num_items = self.model_wrapped, self._step_batches[1]
-        if backward:
-            opt.zero_grad(set_to_none=False)
-        total = torch.zeros((), device=self.args.device)
-        with torch.set_grad_enabled(backward):
-            for inputs, sync in self._micro_batches(backward):
-                with sync, self.compute_loss_context_manager():
-                    loss = self.compute_loss(model, inputs, num_items_in_batch=num_items)
-                    if self.args.n_gpu > 1:
-                        loss = loss.mean()
-                    if not self._loss_is_scaled_for_ga(num_items):
-                        loss = loss / self.current_gradient_accumulation_steps
-                    if backward:
-                        self.accelerator.backward(loss)
-                total += loss.detach().float()
-        return self.accelerator.reduce(total, "mean")
-
-    def _loss_is_scaled_for_ga(self, num_items) -> bool:
-        """The rule transformers' training_step applies before dividing by the accumulation steps."""
-        if self.loss_is_scaled_for_ga is not None:
-            return self.loss_is_scaled_for_ga
-        return bool((self.model_accepts_loss_kwargs and num_items is not None) or self.compute_loss_func is not None)
-
-    def _hessian_estimate(self, opt) -> None:
-        from .optim.sophia import gnb_sampled_loss
-        model, n = self.model_wrapped, len(self._step_batches[0])
-        opt.zero_grad(set_to_none=True)
-        with torch.enable_grad():
-            for inputs, sync in self._micro_batches(backward=True):
-                inputs = {k: v for k, v in inputs.items() if k != "labels"}
-                mask = inputs.get("attention_mask")
-                with sync, self.compute_loss_context_manager():
-                    out = model(**inputs)
-                    logits = out["logits"] if isinstance(out, dict) else out[0]
-                    loss = gnb_sampled_loss(logits, mask=None if mask is None else mask.bool())
-                    self.accelerator.backward(loss / n)
-        opt.update_hessian()
-        opt.zero_grad(set_to_none=True)

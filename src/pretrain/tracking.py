@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 
 # dense bf16 peak FLOP/s per device, for MFU (None where unknown, e.g. CPUs)
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "B200": 2250e12, "A100": 312e12, "A800": 312e12,
@@ -67,3 +68,64 @@ def init_wandb(accelerator, cfg, run_dir: str) -> None:
             *cfg.log.tags]
     accelerator.init_trackers(cfg.log.project, config=cfg.to_dict(), init_kwargs={"wandb": {
         "name": name, "group": cfg.recipe, "tags": tags, "dir": run_dir, "id": run_id, "resume": "allow"}})
+
+
+class RunLog:
+    """The loop's rows: `metrics.jsonl` (main process), W&B (`log.wandb`), the progress bar. `train_row` is called
+    every step (it counts tokens for tokens/s) and writes a row every `log.log_every` steps, at the first step
+    after (re)start and at the last; `eval_row` writes an evaluation row (val_loss, val_ppl)."""
+
+    def __init__(self, run, start: int):
+        from .model import flops_per_token
+        from .optim import unwrap
+
+        cfg, acc = run.cfg, run.accelerator
+        self.cfg, self.acc, self.log, self.start = cfg, acc, run.log, start
+        self.writer = MetricsWriter(cfg.run_dir, enabled=acc.is_main_process)
+        if cfg.log.wandb:
+            init_wandb(acc, cfg, cfg.run_dir)
+        self.tokens_per_step = cfg.train.tokens_per_step
+        self.flops_per_token = flops_per_token(acc.unwrap_model(run.model).config, cfg.train.seq_len)
+        self.peak = peak_flops(acc.device)
+        self.sources = (unwrap(run.optimizer), run.schedule)  # whatever has metrics() adds them to the row
+        self.epoch_of = run.loader.epoch_of
+        self.t_last, self.tokens_since = time.time(), 0
+        self.pbar = None
+        if acc.is_main_process and cfg.train.progress:
+            from tqdm.auto import tqdm
+            self.pbar = tqdm(total=cfg.train.steps, initial=start, desc=cfg.recipe, dynamic_ncols=True)
+
+    def _write(self, row: dict) -> None:
+        self.writer.write(row)
+        if self.cfg.log.wandb:
+            self.acc.log(row, step=row["step"])
+
+    def train_row(self, done: int, loss: float, lr: float, grad_norm: float | None) -> None:
+        self.tokens_since += self.tokens_per_step
+        if self.pbar:
+            self.pbar.update(1)
+        if not (done % self.cfg.log.log_every == 0 or done == self.cfg.train.steps or done == self.start + 1):
+            return
+        now = time.time()
+        tps = self.tokens_since / max(now - self.t_last, 1e-9)
+        self.t_last, self.tokens_since = now, 0
+        row = {"step": done, "tokens": done * self.tokens_per_step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+               "tokens_per_s": tps, "mfu": (self.flops_per_token * tps / (self.peak * self.acc.num_processes))
+               if self.peak else None, "epoch": self.epoch_of(done)}
+        for source in self.sources:
+            if hasattr(source, "metrics"):
+                row.update({k: float(v) for k, v in source.metrics().items()})
+        self._write(row)
+        if self.pbar:
+            self.pbar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}")
+
+    def eval_row(self, done: int, val_loss: float) -> None:
+        self._write({"step": done, "tokens": done * self.tokens_per_step, "kind": "eval", "val_loss": val_loss,
+                     "val_ppl": math.exp(min(val_loss, 50))})
+        self.log(f"step {done}: val_loss {val_loss:.4f}")
+
+    def close(self) -> None:
+        if self.pbar:
+            self.pbar.close()
+        if self.cfg.log.wandb:
+            self.acc.end_training()

@@ -7,9 +7,11 @@ also by hypergradient and rdbd). Registers no optimizer (the package's registrat
 - `FP32StateOptimizer`: the base class (validated groups, state creation, fp32 state through
   `load_state_dict`, the step loop); `buckets` groups tensors for one foreach call.
 - `step_scalars`: per-tensor scalars that depend on the step (bias corrections, ADOPT's clip value), tensors
-  under torch.compile (see compiled.py); `materialize`: a small tensor that Inductor computes once instead of
-  inlining its math into every vector loop; `bias_corrected_direction` / `corrected_direction` /
+  under torch.compile (see fast/compiled.py); `materialize`: a small tensor that Inductor computes once instead
+  of inlining its math into every vector loop; `bias_corrected_direction` / `corrected_direction` /
   `adam_direction_foreach`: the multi-tensor Adam direction (lamb, rdbd, hypergradient).
+- `dots` (hypergradient's h) and `sq_norms` (lars's and lamb's squared norms): plain torch ops; `sq_norms` has a
+  fused CPU kernel in the opt-in speed layer (`fast/`).
 """
 from __future__ import annotations
 
@@ -227,3 +229,21 @@ def adam_direction_foreach(states, grads, betas, eps):
     torch._foreach_mul_(vs, beta2)
     torch._foreach_addcmul_(vs, grads, grads, value=1 - beta2)
     return bias_corrected_direction(ms, vs, [s["step"] for s in states], betas, eps)
+
+
+def dots(gs: list, qs: list, device=None) -> torch.Tensor:
+    """sum_k dot(gs[k], qs[k]) as a 0-dim float64 (fp16/bf16 dot products in fp32; 0 on `device` for no pairs):
+    the hypergradient optimizers' h."""
+    def flat(t):
+        return t.reshape(-1).float() if t.dtype in LOW_PRECISION else t.reshape(-1)
+
+    per_pair = [torch.dot(flat(g), flat(q)).double() for g, q in zip(gs, qs)]
+    return torch.stack(per_pair).sum() if per_pair else torch.zeros((), dtype=torch.float64, device=device)
+
+
+def sq_norms(xs: list, ys: list) -> torch.Tensor:
+    """(len(xs), 2) float64: row k = (sum(xs[k]^2), sum(ys[k]^2)) (LARS's ||w||^2, ||g||^2; LAMB's ||w||^2,
+    ||r||^2). Fused into one pass over both by `fast.kernel("sq_norms", sq_norms)` where enabled."""
+    x2 = torch.stack(torch._foreach_norm(xs)).double() ** 2
+    y2 = torch.stack(torch._foreach_norm(ys)).double() ** 2
+    return torch.stack([x2, y2], dim=1)

@@ -139,9 +139,9 @@ class ADOPT(FP32StateOptimizer):
                 p.copy_(w)
 
 
-register(OptimizerSpec(
-    "adopt", lambda groups, hp: ADOPT(groups, **hp),
-    {"lr": 1e-3, "betas": (0.9, 0.9999), "eps": 1e-6, "weight_decay": 0.0, "clip_exponent": 0.25},
+register(OptimizerSpec.of_class(
+    "adopt", ADOPT,
     "Taniguchi et al. 2024 (arXiv 2411.02853)", "2 fp32 (exp_avg, exp_avg_sq)", source="here",
     notes="first call only initializes v; normalized gradient clipped to step**0.25; decoupled weight decay; "
-          "a linear warmup is advised"))
+          "a linear warmup is advised",
+    compile="pays"))  # step time / fused AdamW, eager -> compiled (CPU): 5.49 -> 0.99

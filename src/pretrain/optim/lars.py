@@ -33,8 +33,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from . import _cpu_kernels
-from ._common import FP32StateOptimizer, LOW_PRECISION, buckets, materialize, number, state_dtype, write_back
+from . import fast
+from ._common import (FP32StateOptimizer, LOW_PRECISION, buckets, materialize, number, sq_norms, state_dtype,
+                      write_back)
 from .registry import OptimizerSpec, register
 
 
@@ -64,7 +65,7 @@ class LARS(FP32StateOptimizer):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient,
                         eps=eps, exclude_vectors=exclude_vectors)
         super().__init__(params, defaults, foreach=foreach, check_group=_check_group)
-        _cpu_kernels.prepare(self.param_groups)
+        fast.prepare(self.param_groups)  # builds the opt-in fused kernel where enabled
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -100,8 +101,8 @@ class LARS(FP32StateOptimizer):
             if excluded:
                 ds = gs
             else:
-                # ||w||^2 and ||g||^2 in one pass over both (a fused CPU kernel where it applies, _cpu_kernels.py)
-                w_norms, g_norms = _cpu_kernels.sq_norms(ws, gs).sqrt().to(bufs[0].dtype).unbind(1)
+                # ||w||^2 and ||g||^2 (one pass over both with the opt-in fused CPU kernel, fast/cpu_kernels.py)
+                w_norms, g_norms = fast.kernel("sq_norms", sq_norms)(ws, gs).sqrt().to(bufs[0].dtype).unbind(1)
                 trust = torch.where((w_norms > 0) & (g_norms > 0), tc * w_norms / (g_norms + wd * w_norms + eps),
                                     torch.ones_like(w_norms))
                 if torch.compiler.is_compiling():
@@ -115,10 +116,9 @@ class LARS(FP32StateOptimizer):
 
 
 
-register(OptimizerSpec(
-    "lars", lambda groups, hp: LARS(groups, **hp),
-    {"lr": 1.0, "momentum": 0.9, "weight_decay": 5e-4, "trust_coefficient": 1e-3, "eps": 1e-8,
-     "exclude_vectors": True},
+register(OptimizerSpec.of_class(
+    "lars", LARS,
     "You, Gitman & Ginsburg 2017 (arXiv 1708.03888)", "1 fp32 (momentum_buffer)", source="here",
     notes="trust ratio tc*||w||/(||g||+wd*||w||+eps) per tensor; L2 weight decay inside the trust ratio (the "
-          "paper's); biases and norm gains (kind 'vector', ndim < 2) skip trust ratio and weight decay"))
+          "paper's); biases and norm gains (kind 'vector', ndim < 2) skip trust ratio and weight decay",
+    compile="pays"))  # step time / fused AdamW, eager -> compiled (CPU): 3.44 -> 1.10

@@ -228,12 +228,11 @@ class RDBD(torch.optim.Optimizer):
         return {"rdbd_mean_multiplier": total / count if count else 1.0}
 
 
-register(OptimizerSpec(
-    "rdbd", lambda groups, hp: RDBD(groups, **hp),
-    {"lr": 1e-3, "base": "adam", "theta": 0.7, "kappa": 0.05, "phi": 0.1, "a_min": 0.01, "a_max": 10.0,
-     "betas": (0.9, 0.999), "eps": 1e-8, "momentum": 0.9, "weight_decay": 0.0},
+register(OptimizerSpec.of_class(
+    "rdbd", RDBD,
     "Song & Yang 2023, arXiv 2310.11291 (this project's reading of the abstract); Jacobs 1988",
     "3 x param (a, gbar, last_raise) + base state (adam: m, v; momentum: buffer)",
     source="here",
     notes="delta-bar-delta multipliers a in [a_min, a_max] with regret (undo last raise on a sign flip) on "
-          "base=sgd|momentum|adam; p -= lr*a*u; decoupled weight decay"))
+          "base=sgd|momentum|adam; p -= lr*a*u; decoupled weight decay",
+    compile="pays"))  # step time / fused AdamW, eager -> compiled (CPU): 31.0 -> 1.66

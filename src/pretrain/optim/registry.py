@@ -2,11 +2,18 @@
 
 `OPTIMIZERS[name]` is an `OptimizerSpec`; `build_optimizer(name, model_or_params, **hparams)` validates the
 hyperparameters against the spec's defaults, builds parameter groups (see `param_groups.py`) and returns a
-`torch.optim.Optimizer`. Capabilities the loop needs (closure, Hessian estimate, train/eval modes) are
-asked from the optimizer object itself through the helpers at the bottom, never by name.
+`torch.optim.Optimizer`.
+
+What an optimizer's step needs from the training step (a closure, a Hessian estimate, train/eval modes,
+whole matrices, the tokens per step) is declared once, on its spec (`Needs`), and asked from there: by config
+validation (engine conflicts, before anything is built), by the step protocol (`pretrain.step`, shared by the
+loop and the Trainer) through `needs_of(optimizer)`; never by the optimizer's name. So is whether a compiled
+step pays (`compile`). Defaults are declared once: `OptimizerSpec.of_class` reads them from the optimizer
+class's signature.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -14,6 +21,36 @@ import torch
 
 from ..errors import ConfigError, check_range
 from .param_groups import build_param_groups
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What an optimizer's step needs from the training step (see `pretrain.step`).
+
+    closure        step(closure): closure() is the loss on this step's batch at the current parameters (no
+                   graph); closure(backward=True) also recomputes the gradients (line searches, vSGD)
+    hessian_loss   every `optimizer.hessian_update_interval` steps, after the step: backward of
+                   hessian_loss(logits, mask=, generator=) averaged over the step's micro-batches, then
+                   `optimizer.update_hessian()` (Sophia's Gauss-Newton-Bartlett estimate)
+    train_eval     the parameters differ between training and evaluation: optimizer.eval() before evaluating,
+                   saving and exporting, optimizer.train() after (Schedule-Free)
+    matrix_params  updates whole 2-D matrices (Muon): not on DeepSpeed ZeRO's flattened partitions
+    tokens_per_step  param-group keys that, left None, are filled with the tokens per optimizer step (Sophia's bs)
+    """
+    closure: bool = False
+    hessian_loss: Callable | None = None
+    train_eval: bool = False
+    matrix_params: bool = False
+    tokens_per_step: tuple[str, ...] = ()
+
+    def engine_conflict(self, engine: str) -> str | None:
+        """Why this optimizer cannot run under `engine` ("deepspeed", "fp16"), or None."""
+        if engine in ("deepspeed", "fp16") and (self.closure or self.hessian_loss):
+            return ("needs a loss closure or a Hessian estimate, which the DeepSpeed engine's step and the fp16 "
+                    "gradient scaler do not provide")
+        if engine == "deepspeed" and self.matrix_params:
+            return "updates whole 2-D matrices, which DeepSpeed ZeRO flattens into partitions"
+        return None
 
 
 @dataclass(frozen=True)
@@ -27,6 +64,31 @@ class OptimizerSpec:
     notes: str = ""
     # group-building options that are not optimizer kwargs (accepted in hparams, consumed by build_optimizer)
     group_options: dict[str, Any] = field(default_factory=lambda: {"decay_embeddings": False})
+    needs: Needs = Needs()
+    # compiled step (train.compile_optimizer, pretrain.optim.fast.compiled): "pays" where bench/optim_step.py
+    # measured it faster than the eager step on CPU (auto compiles it), "no_gain", or why it cannot compile
+    compile: str = "no_gain"
+    cls: type | None = None  # the optimizer class, where the factory is a class's constructor (`of_class`)
+
+    @classmethod
+    def of_class(cls, name: str, opt_cls, paper: str, state: str, **kw) -> "OptimizerSpec":
+        """A spec for an optimizer class whose signature declares the hyperparameters and their defaults
+        (every parameter after the parameter list, but `foreach`)."""
+        return cls(name, lambda groups, hp: opt_cls(groups, **hp), signature_defaults(opt_cls), paper, state,
+                   cls=opt_cls, **kw)
+
+    @property
+    def compilable(self) -> bool:
+        return self.compile in ("pays", "no_gain")
+
+
+def signature_defaults(opt_cls) -> dict[str, Any]:
+    """The keyword defaults of `opt_cls.__init__` after its first (parameters) argument, `foreach` excluded."""
+    params = list(inspect.signature(opt_cls.__init__).parameters.values())[2:]
+    missing = [p.name for p in params if p.default is inspect.Parameter.empty and p.kind != p.VAR_KEYWORD]
+    if missing:
+        raise TypeError(f"{opt_cls.__name__}: every hyperparameter needs a default in the signature: {missing}")
+    return {p.name: p.default for p in params if p.name != "foreach" and p.kind != p.VAR_KEYWORD}
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {}
@@ -87,6 +149,7 @@ def build_optimizer(name: str, model_or_params, *, lr_multipliers: dict[str, flo
     opt = spec.factory(groups, hp)
     for g in opt.param_groups:
         g.setdefault("initial_lr", g["lr"])
+    opt.pretrain_needs = spec.needs
     return opt
 
 
@@ -100,17 +163,36 @@ def unwrap(opt):
     return opt
 
 
+def needs_of(opt) -> Needs:
+    """What `opt`'s step needs: its spec's declaration (stamped on it by `build_optimizer`; for one of our classes
+    built directly, the spec of its class), or, for any other optimizer (e.g. passed to the Trainer), what it
+    declares itself: a `pretrain_needs` attribute, or `requires_closure`, `hessian_update_interval` +
+    `hessian_loss`, callable `train()` / `eval()`."""
+    inner = unwrap(opt)
+    declared = getattr(inner, "pretrain_needs", None)
+    if isinstance(declared, Needs):
+        return declared
+    spec = next((s for s in OPTIMIZERS.values() if s.cls is type(inner)), None)
+    if spec is not None:
+        return spec.needs
+    return Needs(closure=bool(getattr(inner, "requires_closure", False)),
+                 hessian_loss=getattr(inner, "hessian_loss", None) if getattr(inner, "hessian_update_interval", 0)
+                 else None,
+                 train_eval=callable(getattr(inner, "train", None)) and callable(getattr(inner, "eval", None)))
+
+
 def requires_closure(opt) -> bool:
     """The optimizer re-evaluates the loss on the same batch (line searches): step(closure) is required."""
-    return bool(getattr(unwrap(opt), "requires_closure", False))
+    return needs_of(opt).closure
 
 
 def hessian_interval(opt) -> int:
-    """Every how many steps the loop must call `opt.update_hessian()` after a sampled-label backward; 0 = never."""
+    """Every how many steps the step protocol runs the Hessian estimate for `opt`; 0 = never."""
+    if needs_of(opt).hessian_loss is None:
+        return 0
     return int(getattr(unwrap(opt), "hessian_update_interval", 0) or 0)
 
 
 def has_train_eval(opt) -> bool:
-    """Schedule-Free style: parameters differ between train and eval; the loop calls opt.eval()/opt.train()."""
-    inner = unwrap(opt)
-    return callable(getattr(inner, "train", None)) and callable(getattr(inner, "eval", None))
+    """Schedule-Free style: parameters differ between train and eval; opt.eval()/opt.train() around evaluation."""
+    return needs_of(opt).train_eval

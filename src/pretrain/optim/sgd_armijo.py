@@ -1,7 +1,7 @@
 """SGD with an Armijo backtracking line search on each mini-batch ("Painless SGD", Vaswani et al. 2019, NeurIPS;
 reference code IssamLaradji/sls, class ``Sls`` with ``line_search_fn="armijo"``, ``reset_option=1``).
 
-Contract with the training loop (``requires_closure = True``): when ``step(closure)`` is called, ``p.grad``
+Contract with the training step (its spec declares ``Needs(closure=True)``): when ``step(closure)`` is called, ``p.grad``
 already holds the mini-batch gradient at the current parameters, and ``closure()`` returns the loss (a float or
 a 0-dim tensor) on the *same* mini-batch at the parameters' *current* values, without building a graph
 (deterministic: the same dropout masks / data every call). The loop wraps it in no_grad and averages it across
@@ -41,7 +41,7 @@ import math
 import torch
 
 from ..errors import ConfigError, check_range
-from .registry import OptimizerSpec, register
+from .registry import Needs, OptimizerSpec, register
 
 _MIN_GRAD_NORM = 1e-8  # sls: no line search (and no step) below this gradient norm
 _FALLBACK_STEP = 1e-6  # sls: the step taken when no trial step size satisfied the condition
@@ -67,8 +67,6 @@ def _validate(lr, c, beta_b, gamma, n_batches_per_epoch, eta_max, max_backtracks
 
 class SGDArmijo(torch.optim.Optimizer):
     """SGD whose step size comes from a backtracking Armijo line search on the mini-batch (see the module doc)."""
-
-    requires_closure = True
 
     def __init__(self, params, lr: float = 1.0, c: float = 0.1, beta_b: float = 0.9, gamma: float = 2.0,
                  n_batches_per_epoch: int = 500, eta_max: float = 10.0, max_backtracks: int = 100,
@@ -154,12 +152,12 @@ class SGDArmijo(torch.optim.Optimizer):
                 "armijo_backtracks": int(gstate.get("backtracks", 0))}
 
 
-register(OptimizerSpec(
-    "sgd_armijo", lambda groups, hp: SGDArmijo(groups, **hp),
-    {"lr": 1.0, "c": 0.1, "beta_b": 0.9, "gamma": 2.0, "n_batches_per_epoch": 500, "eta_max": 10.0,
-     "max_backtracks": 100, "weight_decay": 0.0},
+register(OptimizerSpec.of_class(
+    "sgd_armijo", SGDArmijo,
     "Vaswani et al. 2019 (Painless SGD: stochastic line search); IssamLaradji/sls",
     "0 (global step size); 1 x param temporary during the search",
     source="here",
     notes="needs step(closure); Armijo backtracking on the mini-batch, step reset eta*gamma**(1/n_batches_per_"
-          "epoch) capped at eta_max; ignores the lr schedule (use schedule=constant); L2 weight decay"))
+          "epoch) capped at eta_max; ignores the lr schedule (use schedule=constant); L2 weight decay",
+    needs=Needs(closure=True),
+    compile="needs step(closure): the closure's forward passes cannot be traced in the step (runs eager)"))

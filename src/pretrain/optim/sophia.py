@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ._common import FP32StateOptimizer, LOW_PRECISION, buckets, check_betas, number, state_dtype, write_back
-from .registry import OptimizerSpec, register
+from .registry import Needs, OptimizerSpec, register
 
 _DENOM_EPS = 1e-15  # the official code's constant in rho * bs * h + 1e-15
 
@@ -191,9 +191,10 @@ class Sophia(FP32StateOptimizer):
 
 
 
-register(OptimizerSpec(
-    "sophia", lambda groups, hp: Sophia(groups, **hp),
-    {"lr": 1e-4, "betas": (0.965, 0.99), "rho": 0.04, "weight_decay": 0.1, "k": 10, "bs": None},
+register(OptimizerSpec.of_class(
+    "sophia", Sophia,
     "Liu et al. 2023 (arXiv 2305.14342); official SophiaG", "2 fp32 (exp_avg, hessian)", source="here",
     notes="Sophia-G: every k steps the loop backpropagates gnb_sampled_loss(logits) and calls update_hessian(); "
-          "bs = tokens per optimizer step (filled by the loop when null); decoupled weight decay"))
+          "bs = tokens per optimizer step (filled by the loop when null); decoupled weight decay",
+    needs=Needs(hessian_loss=gnb_sampled_loss, tokens_per_step=("bs",)),
+    compile="pays"))  # step time / fused AdamW, eager -> compiled (CPU): 9.26 -> 0.96

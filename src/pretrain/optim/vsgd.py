@@ -57,7 +57,7 @@ schedules (warmup, decay) and muP lr multipliers can scale them. ``eps`` (1e-12)
 Weight decay is coupled (L2): g = grad + weight_decay * p, g2 = grad2 + weight_decay * (p + delta) and
 gl = p.grad + weight_decay * p, so the rates and curvature are those of the regularized objective. Default 0.
 
-Contract with the training loop (``requires_closure = True``): ``step(closure)`` is called with ``p.grad``
+Contract with the training step (its spec declares ``Needs(closure=True)``): ``step(closure)`` is called with ``p.grad``
 holding the mini-batch gradient at the current parameters (possibly clipped); ``closure(backward=True)`` must
 zero the gradients, recompute the loss AND the gradients (into p.grad, unclipped) at the parameters' current
 values on the *same* mini-batch, deterministically (no fresh dropout masks), and return the loss. step() calls it
@@ -76,7 +76,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError, check_range
-from .registry import OptimizerSpec, register
+from .registry import Needs, OptimizerSpec, register
 
 
 def _validate(group: dict) -> None:
@@ -97,8 +97,6 @@ def _rate(state: dict, eps: float) -> torch.Tensor:
 
 class VSGD(torch.optim.Optimizer):
     """vSGD-l with finite-difference curvature (see the module docstring)."""
-
-    requires_closure = True
 
     def __init__(self, params, lr: float = 1.0, n0: int = 10, c: float = 2.0, eps: float = 1e-12,
                  weight_decay: float = 0.0):
@@ -206,12 +204,13 @@ class VSGD(torch.optim.Optimizer):
         return {"vsgd_mean_rate": total / count if count else 0.0}
 
 
-register(OptimizerSpec(
-    "vsgd", lambda groups, hp: VSGD(groups, **hp),
-    {"lr": 1.0, "n0": 10, "c": 2.0, "eps": 1e-12, "weight_decay": 0.0},
+register(OptimizerSpec.of_class(
+    "vsgd", VSGD,
     "Schaul, Zhang & LeCun 2013 (No More Pesky Learning Rates); Schaul & LeCun 2013 (finite-difference curvature)",
     "5 x param (gbar, vbar, hbar, vhbar, tau); 4 x param temporary per step",
     source="here",
     notes="needs step(closure) with closure(backward=True), called twice a step (g at p and at p + gbar, unclipped); "
           "eta_i = gbar^2/vbar * hbar/vhbar, tau adaptive with the outlier rule; first n0 steps only collect "
-          "statistics (slow start, vbar/hbar x c, vhbar x c^2); lr is a multiplier (1 = paper); L2 decay"))
+          "statistics (slow start, vbar/hbar x c, vhbar x c^2); lr is a multiplier (1 = paper); L2 decay",
+    needs=Needs(closure=True),
+    compile="needs step(closure): the closure's forward/backward cannot be traced in the step (runs eager)"))

@@ -461,11 +461,10 @@ class AutoLRS(Schedule):
 
 register(ScheduleSpec(
     "autolrs", AutoLRS,
-    {"stage_steps": 100, "trial_steps": 10, "n_candidates": 6, "lr_min": None, "lr_max": None,
-     "warmup_steps": 0, "kappa": 1e6, "max_stage_steps": None, "seed": 0},
     paper="AutoLRS (Jin et al. 2021, arXiv 2105.10762; YuchenJin/autolrs): per stage of tau steps, BO (GP + LCB "
           "kappa 1e6) over log lr, each candidate trained tau' = tau/10 steps from the same checkpoint, loss after "
           "tau forecast by an exponential fit; the best forecast is trained",
+    controller=True,
     notes="a controller: the loop calls wants_search(step) / search(step, trial); scaled to short runs: "
           "tau 100 (paper 1000, doubling to 8000 with max_stage_steps), 6 candidates (paper 10); lr_max null = "
           "peak_lr, lr_min null = 1e-3 * lr_max; training-loss objective (paper: validation loss)"))

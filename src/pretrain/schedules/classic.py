@@ -320,34 +320,32 @@ class OneCycleSchedule(Schedule):
 # registration (defaults = the paper's / reference implementation's values)
 # ----------------------------------------------------------------------------------------------------------
 register(ScheduleSpec(
-    "constant", ConstantSchedule, {"warmup_steps": 0},
+    "constant", ConstantSchedule,
     paper="constant lr (optional linear warmup, Goyal et al. 2017)",
     notes="for schedule-free optimizers and as the stable run that WSD cooldowns branch from"))
 register(ScheduleSpec(
-    "linear", LinearSchedule, {"warmup_steps": 100, "min_lr_ratio": 0.0},
+    "linear", LinearSchedule,
     paper="linear decay to zero (Bergsma et al. 2025, 'Straight to Zero'); "
           "transformers get_linear_schedule_with_warmup",
     notes="warmup length is this repo's default for short runs, not a paper value"))
 register(ScheduleSpec(
-    "cosine", CosineSchedule, {"warmup_steps": 100, "min_lr_ratio": 0.1},
+    "cosine", CosineSchedule,
     paper="cosine annealing (Loshchilov & Hutter 2017); decay to 10% of the peak as in Chinchilla "
           "(Hoffmann et al. 2022)",
     notes="transformers get_cosine_with_min_lr_schedule_with_warmup value for value"))
 register(ScheduleSpec(
     "step", StepSchedule,
-    {"warmup_steps": 0, "gamma": 0.1, "milestones": [0.5, 0.75], "step_size": None, "min_lr_ratio": 0.0},
     paper="step decay, lr / 10 at 50% and 75% of training (He et al. 2016; torch MultiStepLR)",
     notes="milestones are fractions of the run; step_size (steps) replaces them when set (torch StepLR)"))
 register(ScheduleSpec(
-    "inverse_sqrt", InverseSqrtSchedule, {"warmup_steps": 100, "timescale": None, "min_lr_ratio": 0.0},
+    "inverse_sqrt", InverseSqrtSchedule,
     paper="inverse square root (Vaswani et al. 2017, who warm up 4000 steps; fairseq inverse_sqrt)",
     notes="timescale null = warmup_steps (or 10000 without warmup), as transformers get_inverse_sqrt_schedule"))
 register(ScheduleSpec(
     "one_cycle", OneCycleSchedule,
-    {"pct_start": 0.3, "div_factor": 25.0, "final_div_factor": 1e4, "anneal_strategy": "cos", "three_phase": False},
     paper="1cycle (Smith & Topin 2019; torch OneCycleLR defaults)",
     notes="lr only; the momentum cycle of torch's OneCycleLR is not applied"))
 register(ScheduleSpec(
-    "power_decay", PowerDecaySchedule, {"warmup_steps": 100, "beta": 0.5, "timescale": None, "min_lr_ratio": 0.0},
+    "power_decay", PowerDecaySchedule,
     paper="polynomial decay eta0 * (1 + t/t0)^-beta (Robbins & Monro 1951; beta 0.5 = Vaswani et al. 2017)",
     notes="t = step - warmup_steps, t0 = timescale (null: warmup_steps, or 10000 without warmup)"))

@@ -92,8 +92,6 @@ class PowerSchedule(Schedule):
 
 register(ScheduleSpec(
     "power", PowerSchedule,
-    {"a": 4.0, "b": -0.51, "batch_size": None, "tokens_per_step": None, "warmup_steps": 100,
-     "decay_fraction": 0.1, "decay_steps": None, "decay_shape": "exponential", "min_lr_ratio": 0.0},
     paper="Power scheduler (Shen et al. 2024, arXiv 2408.13359): lr = min(lr_max, batch_size * a * tokens^b), "
           "a = 4, b = -0.51, lr_max = 0.02 with muP, decay over the last ~10%",
     notes="peak_lr is lr_max; batch_size in sequences and tokens_per_step are filled by the training loop "

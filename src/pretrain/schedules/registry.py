@@ -7,7 +7,8 @@ group's own base lr (muP, Muon's two lrs) keeps its ratio to the others.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import ConfigError, check_range
@@ -41,11 +42,21 @@ class Schedule:
 
 @dataclass(frozen=True)
 class ScheduleSpec:
+    """A registered schedule. `defaults` (every accepted keyword with its default, the paper's) is read from the
+    factory's signature (declared once, there). `controller`: the schedule searches its lr during training
+    (`wants_search(step)` / `search(step, trial)`: the loop's lr search restores model and optimizer snapshots)."""
     name: str
-    factory: Callable[..., Schedule]  # factory(peak_lr=..., total_steps=..., **kw)
-    defaults: dict[str, Any]  # every accepted keyword with its default (the paper's)
+    factory: Callable[..., Schedule]  # factory(peak_lr=..., total_steps=..., **kw), keyword defaults declared
     paper: str
     notes: str = ""
+    controller: bool = False
+    defaults: dict[str, Any] = field(init=False)
+
+    def __post_init__(self):
+        params = inspect.signature(self.factory).parameters.values()
+        defaults = {p.name: list(p.default) if isinstance(p.default, tuple) else p.default
+                    for p in params if p.name not in ("self", "peak_lr", "total_steps")}
+        object.__setattr__(self, "defaults", defaults)
 
 
 SCHEDULES: dict[str, ScheduleSpec] = {}

@@ -65,7 +65,6 @@ class WSDSchedule(Schedule):
 
 register(ScheduleSpec(
     "wsd", WSDSchedule,
-    {"warmup_steps": 100, "min_lr_ratio": 0.0, "decay_fraction": 0.2, "decay_shape": "1-sqrt", "decay_steps": None},
     paper="warmup-stable-decay (Hu et al. 2024, MiniCPM); Hägele et al. 2024 recommend 10-20% decay with 1-sqrt",
     notes="transformers get_wsd_schedule value for value (warmup from min_lr_ratio); decay_steps overrides "
           "decay_fraction, for cooldowns branched off a stable run"))

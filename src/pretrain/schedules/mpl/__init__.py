@@ -66,7 +66,6 @@ class MPLSchedule(Schedule):
 register(ScheduleSpec(
     name="mpl",
     factory=MPLSchedule,
-    defaults={"path": None, "warmup_steps": None},
     paper="Luo et al. 2025, A Multi-Power Law for Loss Curve Prediction Across Learning Rate Schedules (arXiv 2503.12811)",
     notes="replays a schedule optimized under a fitted Multi-Power Law (pretrain.tools.mpl optimize), "
           "rescaled to the run's peak lr; steps past the file's end keep its last value; warmup_steps, when set, "

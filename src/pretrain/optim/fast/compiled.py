@@ -22,7 +22,7 @@ How it works (torch 2.13; checked on CPU only):
   corrections, ADOPT's clip value; LAMB's and LARS's trust ratios go through `materialize` too), ADOPT has a
   tensor-step update for compiling (`_step_compiling`), and a compiled LAMB step takes the foreach path even
   with foreach=False (`COMPILE_FOREACH`: its reference path reads the step with `.item()`).
-- The reduction passes of sgd_hd, adam_hd, lars and lamb are fused CPU kernels (`_cpu_kernels.py`), custom ops
+- The reduction passes of sgd_hd, adam_hd, lars and lamb are fused CPU kernels (`fast/cpu_kernels.py`), custom ops
   that the compiled step calls; Inductor fuses the rest of the step around them.
 - Checked on CPU only. On an H100 with torch 2.11 (bench/README.md, "On a GPU") compiled rdbd ran (2.17x fused
   AdamW); the FP32StateOptimizer subclasses failed (dynamo refused an attribute that `_run_step` then set on the
@@ -48,7 +48,7 @@ import torch
 
 # Measured on CPU with bench/optim_step.py (124M-parameter GPT, 1 thread, 2026-11-26; bench/README.md):
 # True where the compiled step took < 0.9x the eager one. In comments: step time / fused AdamW's, eager ->
-# compiled, in the latest run (fused CPU kernels for the reduction passes, `_cpu_kernels.py`; per-tensor scalars
+# compiled, in the latest run (fused CPU kernels for the reduction passes, `fast/cpu_kernels.py`; per-tensor scalars
 # computed once, `_common.materialize`). The compile itself takes 3-400 s on 2 cores (once per run; inductor
 # caches it on disk).
 COMPILE_PAYS: dict[str, bool] = {

@@ -20,9 +20,12 @@ result does not depend on the thread count); the kernels run with torch's intra-
 Updates are multiplies then adds (no fused multiply-add: `-ffp-contract=off`): q <- a*q + g is bitwise
 `q.mul_(a).add_(g)`; the moment updates agree with torch's to fp32 rounding.
 
-The kernels take contiguous fp32 CPU tensors. For anything else (another device or dtype, a strided view), when
-the build fails (no compiler: the reason is logged once), or with `PRETRAIN_CPU_KERNELS=0`, the same functions
-run as torch ops with the same result up to rounding. Under torch.compile they are custom ops
+The kernels take contiguous fp32 CPU tensors (`eligible`). Each one stands in for a plain torch-op function that
+sits with the update rule using it (`_common.dots` / `_common.sq_norms`, `lamb.lamb_moments_norms_`,
+`hypergradient.dot_update_` / `hypergradient.dot_adam_moments_`), with the same result up to rounding, and only
+through `fast.kernel(name, plain)`: after `fast.enable_kernels()`, once built, for eligible tensors. The build
+happens on first use; when it fails (no compiler: the reason is logged once) or with `PRETRAIN_CPU_KERNELS=0`,
+`available()` is False and the plain functions run. Under torch.compile the kernels are custom ops
 (`torch.library.custom_op`, namespace `pretrain`): Inductor calls them as external kernels.
 """
 from __future__ import annotations
@@ -260,7 +263,7 @@ def _build():
 
 
 def available() -> bool:
-    """Whether the compiled kernels are in use (builds them on the first call; while torch.compile traces, only
+    """Whether the compiled kernels can be used (builds them on the first call; while torch.compile traces, only
     whether they were built before: `prepare`)."""
     if torch.compiler.is_compiling():
         return _module is not None
@@ -274,63 +277,9 @@ def prepare(param_groups) -> None:
         available()
 
 
-def _eligible(*lists) -> bool:
+def eligible(*lists) -> bool:
+    """Whether every tensor of the lists can go to the kernels: contiguous fp32 CPU."""
     return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for ts in lists for t in ts)
-
-
-# ------------------------------------------------------------------------------------------ torch-op versions
-def dots(gs, qs, device=None) -> torch.Tensor:
-    """sum_k dot(gs[k], qs[k]) as a 0-dim float64 (fp16/bf16 dot products in fp32; 0 on `device` for no pairs):
-    torch ops, the hypergradient optimizers' reference paths and the kernels' fallback."""
-    low = (torch.float16, torch.bfloat16)
-    per_pair = [torch.dot(*(t.reshape(-1).float() if t.dtype in low else t.reshape(-1) for t in (g, q))).double()
-                for g, q in zip(gs, qs)]
-    return torch.stack(per_pair).sum() if per_pair else torch.zeros((), dtype=torch.float64, device=device)
-
-
-def _dot_update_torch(gs, qs, a: float, b: float) -> torch.Tensor:
-    h = dots(gs, qs)
-    if a == 0.0 and b == 1.0:
-        torch._foreach_copy_(qs, gs)
-    else:
-        torch._foreach_mul_(qs, a)
-        torch._foreach_add_(qs, gs, alpha=b)
-    return h
-
-
-def _sq_norms_torch(xs, ys) -> torch.Tensor:
-    x2 = torch.stack(torch._foreach_norm(xs)).double() ** 2
-    y2 = torch.stack(torch._foreach_norm(ys)).double() ** 2
-    return torch.stack([x2, y2], dim=1)
-
-
-def _lamb_moments_norms_torch(gs, ws, ms, vs, betas, c1s, c2s, eps, wd):
-    from ._common import corrected_direction
-
-    beta1, beta2 = betas
-    torch._foreach_mul_(ms, beta1)
-    torch._foreach_add_(ms, gs, alpha=1 - beta1)
-    torch._foreach_mul_(vs, beta2)
-    torch._foreach_addcmul_(vs, gs, gs, value=1 - beta2)
-    rs = corrected_direction(ms, vs, c1s, c2s, eps)
-    if wd != 0:
-        torch._foreach_add_(rs, ws, alpha=wd)
-    return _sq_norms_torch(ws, rs), rs
-
-
-def _dot_adam_moments_torch(gs, ms, vs, betas, c1s, c2s, use, eps):
-    from ._common import corrected_direction
-
-    beta1, beta2 = betas
-    idx = [k for k, u in enumerate(use) if u]
-    prev = corrected_direction([ms[k] for k in idx], [vs[k] for k in idx], [c1s[k] for k in idx],
-                               [c2s[k] for k in idx], eps) if idx else []
-    h = dots([gs[k] for k in idx], prev, gs[0].device)
-    torch._foreach_mul_(ms, beta1)
-    torch._foreach_add_(ms, gs, alpha=1 - beta1)
-    torch._foreach_mul_(vs, beta2)
-    torch._foreach_addcmul_(vs, gs, gs, value=1 - beta2)
-    return h
 
 
 # ------------------------------------------------------------------------------------------------ custom ops
@@ -386,37 +335,34 @@ def _scalars(xs: list) -> torch.Tensor:
 
 
 def dot_update_(gs: list, qs: list, a: float, b: float) -> torch.Tensor:
-    """sum_k dot(gs[k], qs[k]) (0-dim float64, computed before the update), then qs[k] <- a*qs[k] + b*gs[k]
-    (a=0, b=1: a copy of gs[k]), in one pass where the kernels apply."""
-    if gs and _eligible(gs, qs) and available():
-        return _dot_update_op(list(gs), list(qs), float(a), float(b))
-    return _dot_update_torch(gs, qs, a, b)
+    """Fused `hypergradient.dot_update_`: sum_k dot(gs[k], qs[k]) (0-dim float64, computed before the update),
+    then qs[k] <- a*qs[k] + b*gs[k] (a=0, b=1: a copy of gs[k]), in one pass."""
+    return _dot_update_op(list(gs), list(qs), float(a), float(b))
 
 
 def sq_norms(xs: list, ys: list) -> torch.Tensor:
-    """(len(xs), 2) float64: row k = (sum(xs[k]^2), sum(ys[k]^2)), in one pass where the kernels apply."""
-    if xs and _eligible(xs, ys) and available():
-        return _sq_norms_op(list(xs), list(ys))
-    return _sq_norms_torch(xs, ys)
+    """Fused `_common.sq_norms`: (len(xs), 2) float64, row k = (sum(xs[k]^2), sum(ys[k]^2)), in one pass."""
+    return _sq_norms_op(list(xs), list(ys))
 
 
 def lamb_moments_norms_(gs: list, ws: list, ms: list, vs: list, betas, c1s: list, c2s: list, eps: float,
                         wd: float):
-    """LAMB's first pass: the Adam moments ms, vs updated in place with gradients gs, and per tensor
+    """Fused `lamb.lamb_moments_norms_`: the Adam moments ms, vs updated in place with gradients gs, and per tensor
     (sum(w^2), sum(r^2)) with r = (m / c1) / (sqrt(v / c2) + eps) + wd * w (c1s, c2s: each tensor's bias
-    corrections, floats or 0-dim tensors). Returns (len(gs), 2) float64 and r: None where the kernel ran (r was
-    not stored; the caller recomputes it in its update pass), the list of r tensors where torch ops did."""
-    if gs and _eligible(gs, ws, ms, vs) and available():
-        out = _lamb_op(list(gs), list(ws), list(ms), list(vs), float(betas[0]), float(betas[1]), _scalars(c1s),
-                       _scalars(c2s), float(eps), float(wd))
-        return out, None
-    return _lamb_moments_norms_torch(gs, ws, ms, vs, betas, c1s, c2s, eps, wd)
+    corrections, floats or 0-dim tensors). Returns (len(gs), 2) float64 and None: r is not stored (the caller
+    recomputes it in its update pass)."""
+    out = _lamb_op(list(gs), list(ws), list(ms), list(vs), float(betas[0]), float(betas[1]), _scalars(c1s),
+                   _scalars(c2s), float(eps), float(wd))
+    return out, None
 
 
 def dot_adam_moments_(gs: list, ms: list, vs: list, betas, c1s: list, c2s: list, use: list, eps: float):
-    """Adam-HD's first pass: h = sum over tensors k with use[k] of dot(g_k, (m_k / c1_k) / (sqrt(v_k / c2_k) + eps))
-    (0-dim float64; the moments before this step), then the moments updated in place with the gradients gs."""
-    if gs and _eligible(gs, ms, vs) and available():
-        return _adam_hd_op(list(gs), list(ms), list(vs), float(betas[0]), float(betas[1]), _scalars(c1s),
-                           _scalars(c2s), _scalars([1.0 if u else 0.0 for u in use]), float(eps))
-    return _dot_adam_moments_torch(gs, ms, vs, betas, c1s, c2s, use, eps)
+    """Fused `hypergradient.dot_adam_moments_`: h = sum over tensors k with use[k] of
+    dot(g_k, (m_k / c1_k) / (sqrt(v_k / c2_k) + eps)) (0-dim float64; the moments before this step), then the
+    moments updated in place with the gradients gs."""
+    return _adam_hd_op(list(gs), list(ms), list(vs), float(betas[0]), float(betas[1]), _scalars(c1s),
+                       _scalars(c2s), _scalars([1.0 if u else 0.0 for u in use]), float(eps))
+
+
+# name -> the number of leading arguments that are lists of tensors the kernel reads or writes (`eligible`)
+TENSOR_LISTS = {"dot_update_": 2, "sq_norms": 2, "lamb_moments_norms_": 4, "dot_adam_moments_": 3}

@@ -1,0 +1,200 @@
+"""Build a run from a validated config: the accelerator, data, model, optimizer, schedule and step engine, and
+resume it from a checkpoint. What `loop.train` uses before its first step.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from . import checkpoint as ckpt
+from .config import RunConfig, build_run_schedule, launch_engine, optimizer_hparams, world_size_check
+from .errors import ConfigError
+from .step import LoopEngine
+
+
+@dataclass
+class Run:
+    cfg: RunConfig
+    accelerator: Any
+    accum: int
+    tokenizer: Any
+    loader: Any
+    val: list
+    model: Any  # accelerate-prepared
+    fwd_model: Any  # the model, or its torch.compile'd forward
+    optimizer: Any  # accelerate-prepared
+    schedule: Any
+    engine: LoopEngine
+    log: Callable[[str], None]
+
+    @property
+    def protocol(self):
+        return self.engine.protocol
+
+
+def start_checkpoint(cfg: RunConfig) -> str | None:
+    """Which checkpoint to start from; refuses to write over an existing run."""
+    run_dir = cfg.run_dir
+    if cfg.resume == "auto":
+        return ckpt.latest_checkpoint(run_dir)
+    if cfg.resume != "none":
+        return cfg.resume
+    if os.path.isdir(run_dir) and any(os.path.exists(os.path.join(run_dir, f)) for f in
+                                      ("metrics.jsonl", "checkpoints", "final")):
+        raise ConfigError("resume", f"run_dir {run_dir!r} already holds a run; pass resume=auto to continue it, "
+                          "or choose another run_dir (nothing there was touched)", ["none", "auto", "<checkpoint dir>"])
+    return None
+
+
+def make_accelerator(cfg: RunConfig):
+    """(accelerator, gradient accumulation steps); DeepSpeed's config gets the batch and clipping."""
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    accum = world_size_check(cfg, world)
+    on_gpu = torch.cuda.is_available()
+    precision = cfg.train.precision
+    if precision == "bf16" and not on_gpu:
+        raise ConfigError("train.precision", "bf16 needs a GPU here; use auto or fp32 on CPU", ["auto", "fp32"])
+    mixed = "bf16" if precision == "bf16" or (precision == "auto" and on_gpu) else "no"
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if world > 1 and not on_gpu else []
+    use_ds = launch_engine() == "deepspeed"
+    acc = Accelerator(cpu=not on_gpu and not use_ds, mixed_precision=mixed, gradient_accumulation_steps=accum,
+                      log_with="wandb" if cfg.log.wandb else None, project_dir=cfg.run_dir, kwargs_handlers=handlers)
+    if use_ds:
+        ds = acc.state.deepspeed_plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = cfg.train.micro_batch_size
+        ds["gradient_accumulation_steps"] = accum
+        ds["train_batch_size"] = cfg.train.global_batch_size
+        ds["gradient_clipping"] = cfg.clip.max_norm if cfg.clip.policy == "norm" else 0.0
+    return acc, accum
+
+
+def build_model(cfg: RunConfig, vocab_size: int, eos_id: int):
+    from .model import GPT, GPTConfig
+
+    m = cfg.model
+    config = GPTConfig(vocab_size=vocab_size, d_model=m.d_model, n_layer=m.n_layer, n_head=m.n_head,
+                       n_kv_head=m.n_kv_head, d_ff=m.d_ff, max_seq_len=cfg.train.seq_len, rope_theta=m.rope_theta,
+                       norm_eps=m.norm_eps, tie_embeddings=m.tie_embeddings, init_std=m.init_std,
+                       bos_token_id=eos_id, eos_token_id=eos_id)
+    return GPT(config)
+
+
+def padded_vocab(tokenizer, multiple: int = 64) -> int:
+    return (len(tokenizer) + multiple - 1) // multiple * multiple
+
+
+def should_compile(cfg: RunConfig, optimizer, is_deepspeed: bool, device_type: str = "cpu") -> bool:
+    """always: compile; auto: on CPU, where bench/optim_step.py measured the compiled step faster (the spec's
+    compile == "pays") and the run is long enough to repay the compile time; never under DeepSpeed (its engine
+    calls the step) or for an optimizer that needs a closure.
+
+    auto never compiles on a GPU: "pays" is a CPU measurement, and on an H100 with torch 2.11 a compiled step of
+    the optimizers written here failed (bench/README.md, "On a GPU"); `always` still compiles there."""
+    from .optim import get_spec, needs_of
+
+    mode = cfg.train.compile_optimizer
+    if mode == "never" or is_deepspeed or needs_of(optimizer).closure:
+        return False
+    if mode == "always":
+        return True
+    return device_type == "cpu" and get_spec(cfg.optim["name"]).compile == "pays" and cfg.train.steps >= 500
+
+
+def build_run(cfg: RunConfig, log=None) -> Run:
+    """Everything the loop needs, in data-flow order; collective under several processes."""
+    from accelerate.utils import set_seed
+
+    from .data import build_data
+    from .optim import build_optimizer
+
+    accelerator, accum = make_accelerator(cfg)
+    log = log or (lambda msg: accelerator.print(msg))
+    if accelerator.is_main_process:
+        os.makedirs(cfg.run_dir, exist_ok=True)
+        from omegaconf import OmegaConf
+        OmegaConf.save(OmegaConf.create(cfg.to_dict()), os.path.join(cfg.run_dir, "config.yaml"))
+    accelerator.wait_for_everyone()
+    set_seed(cfg.seed)
+    with accelerator.main_process_first():
+        tokenizer, loader, val = build_data(cfg, rank=accelerator.process_index, world=accelerator.num_processes,
+                                            log=log)
+    set_seed(cfg.seed)  # identical initialization whatever the data step consumed
+    if cfg.train.fast_kernels:
+        from .optim import fast
+        fast.enable_kernels()
+    model = build_model(cfg, padded_vocab(tokenizer), tokenizer.eos_token_id)
+    optimizer = build_optimizer(cfg.optim["name"], model, **optimizer_hparams(cfg))
+    schedule = build_run_schedule(cfg)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    is_ds = accelerator.distributed_type.value == "DEEPSPEED"
+    if should_compile(cfg, optimizer, is_ds, accelerator.device.type):
+        from .optim.fast.compiled import compile_step
+        from .optim import unwrap
+        compile_step(unwrap(optimizer))
+        log("optimizer step compiled (train.compile_optimizer)")
+    t = cfg.train
+    fwd_model = torch.compile(model) if t.compile else model
+    max_norm = cfg.clip.max_norm if cfg.clip.policy == "norm" else float("inf")
+    engine = LoopEngine(accelerator, model, fwd_model, optimizer, loader, accum=accum, seed=cfg.seed,
+                        tokens_per_step=t.tokens_per_step, max_norm=max_norm, is_deepspeed=is_ds)
+    model.train()
+    engine.protocol.train_mode()
+    return Run(cfg, accelerator, accum, tokenizer, loader, val, model, fwd_model, optimizer, schedule, engine, log)
+
+
+def resume(run: Run, source: str | None) -> int:
+    """Load model, optimizer, RNG, schedule and data position from checkpoint `source`; the step to start at."""
+    if not source:
+        return 0
+    state, data_state = ckpt.load_checkpoint(run.accelerator, source)
+    start = int(state["step"])
+    run.schedule.load_state_dict(state.get("schedule", {}))
+    run.loader.load_state_dict(data_state, start)
+    run.protocol.train_mode()  # checkpoints hold the optimizer in eval mode
+    run.log(f"resumed from {source} at step {start}")
+    if start >= run.cfg.train.steps:
+        run.log(f"nothing to do: checkpoint step {start} >= train.steps {run.cfg.train.steps}")
+    return start
+
+
+def save(run: Run, step: int) -> str:
+    """A resumable checkpoint at `step` (the optimizer in eval mode, as the model is evaluated)."""
+    state = {"step": step, "schedule": run.schedule.state_dict(), "config": run.cfg.to_dict()}
+    with run.protocol.evaluating():
+        return ckpt.save_checkpoint(run.accelerator, run.model, run.cfg.run_dir, step, state,
+                                    run.loader.state_dict(step), keep=run.cfg.train.keep_checkpoints)
+
+
+def evaluate(run: Run) -> float:
+    """Mean validation loss over the held-out batches of every process (the optimizer in eval mode)."""
+    acc, device = run.accelerator, run.accelerator.device
+    total, count = torch.zeros((), device=device), torch.zeros((), device=device)
+    with run.protocol.evaluating(), torch.no_grad():
+        run.model.eval()
+        for batch in run.val:
+            batch = batch.to(device)
+            total += run.fwd_model(input_ids=batch, labels=batch).loss.float() * len(batch)
+            count += len(batch)
+        run.model.train()
+    total, count = acc.reduce(total, "sum"), acc.reduce(count, "sum")
+    return (total / count).item()
+
+
+def export_final(run: Run) -> str:
+    """final/: the model in plain Llama format (the optimizer's eval weights), loadable without this package."""
+    from .model import save_final
+
+    final_dir = os.path.join(run.cfg.run_dir, "final")
+    run.protocol.eval_mode()
+    full_state = run.accelerator.get_state_dict(run.model)
+    if run.accelerator.is_main_process:
+        save_final(run.accelerator.unwrap_model(run.model), final_dir, run.tokenizer, state_dict=full_state)
+        run.log(f"final model (Llama format) in {final_dir}")
+    run.accelerator.wait_for_everyone()
+    return final_dir
