@@ -158,12 +158,12 @@ def timed(fn) -> float:
 
 def compile_candidates(mode: str, names) -> set:
     from pretrain.optim import OPTIMIZERS
-    from pretrain.optim.fast.compiled import NOT_COMPILABLE
+    from pretrain.optim.fast.compiled import not_compilable
     if mode == "none" or os.environ.get("PRETRAIN_SKIP_COMPILE") == "1":
         return set()
     if mode == "all":
         return set(names)
-    return {n for n in names if n not in NOT_COMPILABLE and OPTIMIZERS[n].source == "here"}
+    return {n for n in names if n not in not_compilable() and OPTIMIZERS[n].source == "here"}
 
 
 def build_references(name, model, spec, skip: bool):

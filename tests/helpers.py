@@ -184,3 +184,15 @@ def regression_loss_torch(w, b, x, y):
 
     r = torch.from_numpy(x).to(w.dtype) @ w.T + b - torch.from_numpy(y).to(w.dtype)
     return 0.5 * (r ** 2).sum() / len(x)
+
+
+def assert_registry_groups(opt, lr: float, weight_decay: float, **hparams):
+    """A registry-built optimizer over an nn.Linear: the weight in a 'hidden' group with the given lr and weight
+    decay, the bias in a 'vector' group without weight decay, and every other given hyperparameter in both."""
+    kinds = {g["kind"]: g for g in opt.param_groups}
+    assert set(kinds) == {"hidden", "vector"}, kinds.keys()
+    for kind, wd in (("hidden", weight_decay), ("vector", 0.0)):
+        g = kinds[kind]
+        assert g["lr"] == g["initial_lr"] == lr and g["weight_decay"] == wd, (kind, g)
+        for key, value in hparams.items():
+            assert g[key] == value, (kind, key, g[key])

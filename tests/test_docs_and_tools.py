@@ -30,6 +30,12 @@ def test_every_registered_name_has_a_recipe_file_with_its_defaults():
             assert data == expected, (group, name)
 
 
+def test_recipe_files_are_the_generated_ones():
+    """recipes/optim and recipes/schedule are written by `python -m pretrain.tools.recipe_defaults`."""
+    from pretrain.tools.recipe_defaults import check
+    assert check(os.path.join(ROOT, "recipes")) == [], "run `python -m pretrain.tools.recipe_defaults`"
+
+
 def test_plot_schedule_from_a_recipe(tmp_path):
     from pretrain.tools.plot_schedule import main
     out = tmp_path / "s.png"

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import assert_foreach_matches_reference, assert_state_dict_round_trip, quadratic_arrays, quadratic_grad
+from helpers import (assert_foreach_matches_reference, assert_registry_groups, assert_state_dict_round_trip,
+                    quadratic_arrays, quadratic_grad)
 from pretrain.errors import ConfigError
 from pretrain.optim import OPTIMIZERS, build_optimizer
 from pretrain.optim.adopt import ADOPT
@@ -115,6 +116,7 @@ def test_registry_build():
                              "clip_exponent": 0.25}
     model = torch.nn.Linear(4, 3)
     opt = build_optimizer("adopt", model, lr=1e-2, weight_decay=0.1)
+    assert_registry_groups(opt, 1e-2, 0.1, betas=(0.9, 0.9999), eps=1e-6)
     assert isinstance(opt, ADOPT)
     before = model.weight.detach().clone()
     for _ in range(2):  # the first call only initializes v

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import (assert_foreach_matches_reference, assert_state_dict_round_trip, kernels_must_run,
-                     quadratic_arrays, quadratic_grad)
+from helpers import (assert_foreach_matches_reference, assert_registry_groups, assert_state_dict_round_trip,
+                    kernels_must_run, quadratic_arrays, quadratic_grad)
 from pretrain.errors import ConfigError
 from pretrain.optim import OPTIMIZERS, build_optimizer
 from pretrain.optim.lamb import LAMB
@@ -119,6 +119,7 @@ def test_registry_build():
                              "clamp_value": None, "bias_correction": True}
     model = torch.nn.Linear(4, 3)
     opt = build_optimizer("lamb", model, lr=1e-2)
+    assert_registry_groups(opt, 1e-2, 0.01, betas=(0.9, 0.999), eps=1e-6)
     assert isinstance(opt, LAMB)
     before = model.weight.detach().clone()
     model(torch.ones(2, 4)).sum().backward()

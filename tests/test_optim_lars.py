@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import (assert_foreach_matches_reference, assert_state_dict_round_trip, kernels_must_run,
-                     quadratic_arrays, quadratic_grad)
+from helpers import (assert_foreach_matches_reference, assert_registry_groups, assert_state_dict_round_trip,
+                    kernels_must_run, quadratic_arrays, quadratic_grad)
 from pretrain.errors import ConfigError
 from pretrain.optim import OPTIMIZERS, build_optimizer
 from pretrain.optim.lars import LARS
@@ -125,6 +125,7 @@ def test_registry_build():
                              "eps": 1e-8, "exclude_vectors": True}
     model = torch.nn.Linear(4, 3)
     opt = build_optimizer("lars", model, lr=0.5)
+    assert_registry_groups(opt, 0.5, 5e-4, momentum=0.9, trust_coefficient=1e-3)
     assert isinstance(opt, LARS)
     assert {g["kind"] for g in opt.param_groups} == {"hidden", "vector"}
     before = model.weight.detach().clone()

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import assert_foreach_matches_reference, assert_state_dict_round_trip, quadratic_arrays, quadratic_grad
+from helpers import (assert_foreach_matches_reference, assert_registry_groups, assert_state_dict_round_trip,
+                    quadratic_arrays, quadratic_grad)
 from pretrain.errors import ConfigError
 from pretrain.optim import OPTIMIZERS, build_optimizer
 from pretrain.optim.lion import Lion
@@ -88,6 +89,7 @@ def test_registry_build():
     assert spec.defaults == {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0}
     model = torch.nn.Linear(4, 3)
     opt = build_optimizer("lion", model, lr=1e-3, weight_decay=0.1)
+    assert_registry_groups(opt, 1e-3, 0.1, betas=(0.9, 0.99))
     assert isinstance(opt, Lion)
     before = model.weight.detach().clone()
     model(torch.ones(2, 4)).sum().backward()

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import assert_foreach_matches_reference, quadratic_arrays, quadratic_grad, quadratic_noise
+from helpers import (assert_foreach_matches_reference, assert_registry_groups, quadratic_arrays, quadratic_grad,
+                    quadratic_noise)
 from pretrain.errors import ConfigError
 from pretrain.optim import OPTIMIZERS, build_optimizer, hessian_interval
 from pretrain.optim.sophia import Sophia, gnb_sampled_loss
@@ -151,6 +152,7 @@ def test_registry_build():
                              "bs": None}
     model = torch.nn.Linear(4, 3)
     opt = build_optimizer("sophia", model, lr=1e-3, bs=8)
+    assert_registry_groups(opt, 1e-3, 0.1, bs=8, rho=0.04, betas=(0.965, 0.99))
     assert isinstance(opt, Sophia) and hessian_interval(opt) == 10
     before = model.weight.detach().clone()
     model(torch.ones(2, 4)).sum().backward()

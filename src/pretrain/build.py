@@ -132,7 +132,7 @@ def build_run(cfg: RunConfig, log=None) -> Run:
     optimizer = build_optimizer(cfg.optim["name"], model, **optimizer_hparams(cfg))
     schedule = build_run_schedule(cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
-    is_ds = accelerator.distributed_type.value == "DEEPSPEED"
+    is_ds = launch_engine() == "deepspeed"
     if should_compile(cfg, optimizer, is_ds, accelerator.device.type):
         from .optim.fast.compiled import compile_step
         from .optim import unwrap

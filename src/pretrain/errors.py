@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import difflib
+import math
+from numbers import Real
 from typing import Iterable
 
 
@@ -21,8 +23,18 @@ class ConfigError(ValueError):
         super().__init__(text)
 
 
+def check_number(field: str, value, lo=None, hi=None, lo_open=False, hi_open=False) -> float:
+    """`value` as a float; ConfigError naming `field` unless it is a real number (not a bool, not NaN) within
+    the range (see `check_range`). The one check for numbers that come from a user (recipes, hyperparameters)."""
+    if isinstance(value, bool) or not isinstance(value, Real) or math.isnan(float(value)):
+        raise ConfigError(field, f"must be a number, got {value!r}")
+    check_range(field, float(value), lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
+    return float(value)
+
+
 def check_range(field: str, value, lo=None, hi=None, lo_open=False, hi_open=False):
-    """Raise ConfigError unless lo <= value <= hi (open bounds exclude the end)."""
+    """Raise ConfigError unless lo <= value <= hi (open bounds exclude the end); for values already known to be
+    numbers (config fields typed int/float). A value that may be anything goes through `check_number`."""
     ok = True
     if lo is not None:
         ok &= value > lo if lo_open else value >= lo

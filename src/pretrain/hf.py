@@ -3,14 +3,14 @@ that also accept every registered name in `optim=` (`pretrain.optim.OPTIMIZERS`)
 (`pretrain.schedules.SCHEDULES`).
 
     from pretrain.hf import Trainer, TrainingArguments
-    args = TrainingArguments(output_dir="out", optim="sophia", optim_args="rho=0.05,betas=0.965|0.99",
+    args = TrainingArguments(output_dir="out", optim="lion", optim_args="betas=0.95|0.98",
                              lr_scheduler_type="wsd", lr_scheduler_kwargs={"decay_fraction": 0.2},
-                             learning_rate=6e-4, weight_decay=0.2, max_steps=1000)
+                             learning_rate=3e-4, weight_decay=0.1, max_steps=1000)
     Trainer(model=model, args=args, train_dataset=ds).train()
 
 Names. A transformers name (`OptimizerNames`, `SchedulerType`) keeps its transformers meaning, so existing
 scripts run unchanged; a registry name is ours only where transformers would reject it ("adopt", "lion",
-"sophia", "wsd", "power", ...). Names in both ("sgd", "adagrad", "rmsprop", "adafactor", "adamw_8bit";
+"muon", "wsd", "power", ...). Names in both ("sgd", "adagrad", "rmsprop", "adafactor", "adamw_8bit";
 "linear", "cosine", "constant", "inverse_sqrt") are transformers'; the prefix `pretrain:` always picks ours
 ("pretrain:adamw", "pretrain:cosine"). An unknown name fails when the arguments are built, listing both sets.
 

@@ -17,5 +17,5 @@ for _m in sorted(m.name for m in _pkgutil.iter_modules(__path__) if not m.ispkg)
         _importlib.import_module(f"{__name__}.{_m}")
 
 __all__ = ["OPTIMIZERS", "OptimizerSpec", "Needs", "needs_of", "build_optimizer", "get_spec", "register",
-           "validate_hparams", "requires_closure", "hessian_interval", "has_train_eval", "unwrap", "KINDS", "build_param_groups",
-           "classify"]
+           "validate_hparams", "requires_closure", "hessian_interval", "has_train_eval", "unwrap", "KINDS",
+           "build_param_groups", "classify"]

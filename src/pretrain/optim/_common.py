@@ -3,7 +3,7 @@ also by hypergradient and rdbd). Registers no optimizer (the package's registrat
 
 - Precision: optimizer state is fp32 (fp64 for fp64 parameters, `state_dtype`); bf16/fp16 parameters
   (`LOW_PRECISION`) are updated through an fp32 working copy that `write_back` copies into them.
-- Validation: `number` and `check_betas` raise `ConfigError` naming the field.
+- Validation: `check_betas` (numbers: `errors.check_number`) raises `ConfigError` naming the field.
 - `FP32StateOptimizer`: the base class (validated groups, state creation, fp32 state through
   `load_state_dict`, the step loop); `buckets` groups tensors for one foreach call.
 - `step_scalars`: per-tensor scalars that depend on the step (bias corrections, ADOPT's clip value), tensors
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError, check_range
+from ..errors import ConfigError, check_number
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -27,30 +27,13 @@ def state_dtype(p: torch.Tensor) -> torch.dtype:
     return torch.promote_types(p.dtype, torch.float32)
 
 
-def number(field: str, value, lo=None, hi=None, lo_open=False, hi_open=False) -> float:
-    """`value` as a float; ConfigError unless it is an int or float (not a bool) within the range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(field, f"must be a number, got {value!r}")
-    check_range(field, float(value), lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
-    return float(value)
-
-
-def check_betas(betas, *, strict: bool = True) -> None:
-    """`betas` must be a list or tuple of two numbers in [0, 1).
-
-    strict=True (adopt, lion, sophia, lamb): each beta goes through `number` (a bool or a string is refused as
-    "must be a number") and the error for a wrong shape names the pair "[beta1, beta2]". strict=False
-    (hypergradient, rdbd): each beta goes through `float()` then the range check, and the error names the pair
-    "(beta1, beta2)".
-    """
+def check_betas(betas) -> None:
+    """`betas` must be a list or tuple of two numbers in [0, 1) (each through `check_number`: a bool, a string or
+    NaN is refused as "must be a number")."""
     if not isinstance(betas, (list, tuple)) or len(betas) != 2:
-        pair = "[beta1, beta2]" if strict else "(beta1, beta2)"
-        raise ConfigError("optim.betas", f"must be a pair {pair}, got {betas!r}")
+        raise ConfigError("optim.betas", f"must be a pair [beta1, beta2], got {betas!r}")
     for i, b in enumerate(betas):
-        if strict:
-            number(f"optim.betas[{i}]", b, lo=0.0, hi=1.0, hi_open=True)
-        else:
-            check_range(f"optim.betas[{i}]", float(b), lo=0.0, hi=1.0, hi_open=True)
+        check_number(f"optim.betas[{i}]", b, lo=0.0, hi=1.0, hi_open=True)
 
 
 def buckets(params: list, key) -> dict:

@@ -30,20 +30,20 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_number
 from . import fast
 from ._common import (FP32StateOptimizer, LOW_PRECISION, buckets, check_betas, corrected_direction, materialize,
-                      number, sq_norms, state_dtype, step_scalars, write_back)
+                      sq_norms, state_dtype, step_scalars, write_back)
 from .registry import OptimizerSpec, register
 
 
 def _check_group(group: dict) -> None:
-    number("optim.lr", group["lr"], lo=0.0)
-    number("optim.eps", group["eps"], lo=0.0, lo_open=True)
-    number("optim.weight_decay", group["weight_decay"], lo=0.0)
+    check_number("optim.lr", group["lr"], lo=0.0)
+    check_number("optim.eps", group["eps"], lo=0.0, lo_open=True)
+    check_number("optim.weight_decay", group["weight_decay"], lo=0.0)
     check_betas(group["betas"])
     if group["clamp_value"] is not None:
-        number("optim.clamp_value", group["clamp_value"], lo=0.0, lo_open=True)
+        check_number("optim.clamp_value", group["clamp_value"], lo=0.0, lo_open=True)
     if not isinstance(group["bias_correction"], bool):
         raise ConfigError("optim.bias_correction", f"must be true or false, got {group['bias_correction']!r}")
 
@@ -150,5 +150,6 @@ register(OptimizerSpec.of_class(
     "lamb", LAMB,
     "You et al. 2020 (arXiv 1904.00962)", "2 fp32 (exp_avg, exp_avg_sq)", source="here",
     notes="trust ratio ||p||/||r|| per tensor (1 if either is 0); Adam bias correction on; no ||p|| clamp "
-          "unless clamp_value; weight decay added to r (decoupled from the moments, scaled by the trust ratio)",
+          "unless clamp_value (10 in some implementations); weight decay added to r (decoupled from the moments, "
+          "scaled by the trust ratio)",
     compile="pays"))  # step time / fused AdamW, eager -> compiled (CPU): 7.54 -> 1.83

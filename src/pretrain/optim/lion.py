@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import torch
 
-from ._common import FP32StateOptimizer, LOW_PRECISION, buckets, check_betas, number, state_dtype, write_back
+from ..errors import check_number
+from ._common import FP32StateOptimizer, LOW_PRECISION, buckets, check_betas, state_dtype, write_back
 from .registry import OptimizerSpec, register
 
 
 def _check_group(group: dict) -> None:
-    number("optim.lr", group["lr"], lo=0.0)
-    number("optim.weight_decay", group["weight_decay"], lo=0.0)
+    check_number("optim.lr", group["lr"], lo=0.0)
+    check_number("optim.weight_decay", group["weight_decay"], lo=0.0)
     check_betas(group["betas"])
 
 

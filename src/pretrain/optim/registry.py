@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import ConfigError, check_range
+from ..errors import ConfigError, check_number
 from .param_groups import build_param_groups
 
 
@@ -119,17 +119,14 @@ def validate_hparams(name: str, hparams: dict[str, Any]) -> dict[str, Any]:
         f = f"optim.{key}"
         if key in ("lr", "eps", "weight_decay", "hyper_lr") and value is not None and not (
                 key == "eps" and isinstance(value, (list, tuple))):
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ConfigError(f, f"must be a number, got {value!r}")
-            check_range(f, float(value), lo=0.0)
+            check_number(f, value, lo=0.0)
         elif key == "betas" and value is not None:
-            if not isinstance(value, (list, tuple)) or not all(isinstance(b, (int, float)) for b in value):
+            if not isinstance(value, (list, tuple)):
                 raise ConfigError(f, f"must be a list of numbers, got {value!r}")
-            for i, b in enumerate(value):
-                check_range(f"{f}[{i}]", float(b), lo=0.0, hi=1.0, hi_open=True)
-            merged[key] = tuple(float(b) for b in value)
+            merged[key] = tuple(check_number(f"{f}[{i}]", b, lo=0.0, hi=1.0, hi_open=True)
+                                for i, b in enumerate(value))
         elif key == "momentum" and value is not None:
-            check_range(f, float(value), lo=0.0, hi=1.0, hi_open=True)
+            check_number(f, value, lo=0.0, hi=1.0, hi_open=True)
     return merged
 
 

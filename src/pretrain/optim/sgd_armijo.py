@@ -1,10 +1,10 @@
 """SGD with an Armijo backtracking line search on each mini-batch ("Painless SGD", Vaswani et al. 2019, NeurIPS;
 reference code IssamLaradji/sls, class ``Sls`` with ``line_search_fn="armijo"``, ``reset_option=1``).
 
-Contract with the training step (its spec declares ``Needs(closure=True)``): when ``step(closure)`` is called, ``p.grad``
-already holds the mini-batch gradient at the current parameters, and ``closure()`` returns the loss (a float or
-a 0-dim tensor) on the *same* mini-batch at the parameters' *current* values, without building a graph
-(deterministic: the same dropout masks / data every call). The loop wraps it in no_grad and averages it across
+Contract with the training step (its spec declares ``Needs(closure=True)``; ``pretrain.step``): when
+``step(closure)`` is called, ``p.grad`` already holds the mini-batch gradient at the current parameters, and
+``closure()`` returns the loss (a float or a 0-dim tensor) on the *same* mini-batch at the parameters' *current*
+values, without building a graph (deterministic: the same dropout masks / data every call), averaged across
 processes.
 
 One step, with g the gradient of the objective F (below) and d = lr_mult * g per parameter group:
@@ -40,7 +40,7 @@ import math
 
 import torch
 
-from ..errors import ConfigError, check_range
+from ..errors import ConfigError, check_number, check_range
 from .registry import Needs, OptimizerSpec, register
 
 _MIN_GRAD_NORM = 1e-8  # sls: no line search (and no step) below this gradient norm
@@ -53,16 +53,16 @@ def _sum_of_squares(tensors) -> float:
 
 
 def _validate(lr, c, beta_b, gamma, n_batches_per_epoch, eta_max, max_backtracks, weight_decay) -> None:
-    check_range("optim.lr", float(lr), lo=0.0, lo_open=True)
-    check_range("optim.c", float(c), lo=0.0, hi=1.0, lo_open=True, hi_open=True)
-    check_range("optim.beta_b", float(beta_b), lo=0.0, hi=1.0, lo_open=True, hi_open=True)
-    check_range("optim.gamma", float(gamma), lo=1.0)
+    check_number("optim.lr", lr, lo=0.0, lo_open=True)
+    check_number("optim.c", c, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    check_number("optim.beta_b", beta_b, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    check_number("optim.gamma", gamma, lo=1.0)
     for name, value in (("n_batches_per_epoch", n_batches_per_epoch), ("max_backtracks", max_backtracks)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"optim.{name}", f"must be an integer >= 1, got {value!r}")
         check_range(f"optim.{name}", value, lo=1)
-    check_range("optim.eta_max", float(eta_max), lo=0.0, lo_open=True)
-    check_range("optim.weight_decay", float(weight_decay), lo=0.0)
+    check_number("optim.eta_max", eta_max, lo=0.0, lo_open=True)
+    check_number("optim.weight_decay", weight_decay, lo=0.0)
 
 
 class SGDArmijo(torch.optim.Optimizer):
@@ -74,7 +74,7 @@ class SGDArmijo(torch.optim.Optimizer):
         _validate(lr, c, beta_b, gamma, n_batches_per_epoch, eta_max, max_backtracks, weight_decay)
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
         for group in self.param_groups:
-            check_range("optim.weight_decay", float(group["weight_decay"]), lo=0.0)
+            check_number("optim.weight_decay", group["weight_decay"], lo=0.0)
         self.init_step_size = float(lr)
         self.c, self.beta_b, self.gamma = float(c), float(beta_b), float(gamma)
         self.n_batches_per_epoch, self.eta_max = int(n_batches_per_epoch), float(eta_max)
@@ -157,7 +157,8 @@ register(OptimizerSpec.of_class(
     "Vaswani et al. 2019 (Painless SGD: stochastic line search); IssamLaradji/sls",
     "0 (global step size); 1 x param temporary during the search",
     source="here",
-    notes="needs step(closure); Armijo backtracking on the mini-batch, step reset eta*gamma**(1/n_batches_per_"
-          "epoch) capped at eta_max; ignores the lr schedule (use schedule=constant); L2 weight decay",
+    notes="needs step(closure); lr is the initial step size; Armijo backtracking on the mini-batch, step reset "
+          "eta*gamma**(1/n_batches_per_epoch) capped at eta_max; ignores the lr schedule (use schedule=constant); "
+          "L2 weight decay",
     needs=Needs(closure=True),
     compile="needs step(closure): the closure's forward passes cannot be traced in the step (runs eager)"))

@@ -34,8 +34,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from ._common import FP32StateOptimizer, LOW_PRECISION, buckets, check_betas, number, state_dtype, write_back
+from ..errors import ConfigError, check_number
+from ._common import FP32StateOptimizer, LOW_PRECISION, buckets, check_betas, state_dtype, write_back
 from .registry import Needs, OptimizerSpec, register
 
 _DENOM_EPS = 1e-15  # the official code's constant in rho * bs * h + 1e-15
@@ -43,13 +43,13 @@ _DENOM_EPS = 1e-15  # the official code's constant in rho * bs * h + 1e-15
 
 def _check_bs(bs) -> None:
     if bs is not None:
-        number("optim.bs", bs, lo=0.0, lo_open=True)
+        check_number("optim.bs", bs, lo=0.0, lo_open=True)
 
 
 def _check_group(group: dict) -> None:
-    number("optim.lr", group["lr"], lo=0.0)
-    number("optim.rho", group["rho"], lo=0.0)
-    number("optim.weight_decay", group["weight_decay"], lo=0.0)
+    check_number("optim.lr", group["lr"], lo=0.0)
+    check_number("optim.rho", group["rho"], lo=0.0)
+    check_number("optim.weight_decay", group["weight_decay"], lo=0.0)
     check_betas(group["betas"])
     _check_bs(group["bs"])
 
@@ -194,7 +194,8 @@ class Sophia(FP32StateOptimizer):
 register(OptimizerSpec.of_class(
     "sophia", Sophia,
     "Liu et al. 2023 (arXiv 2305.14342); official SophiaG", "2 fp32 (exp_avg, hessian)", source="here",
-    notes="Sophia-G: every k steps the loop backpropagates gnb_sampled_loss(logits) and calls update_hessian(); "
-          "bs = tokens per optimizer step (filled by the loop when null); decoupled weight decay",
+    notes="Sophia-G: every k steps the loop backpropagates gnb_sampled_loss(logits) (the Gauss-Newton-Bartlett "
+          "Hessian estimate) and calls update_hessian(); bs = tokens per optimizer step (filled by the loop when "
+          "null); decoupled weight decay; GPT-2 small in the paper: lr 6e-4, rho 0.05, weight_decay 0.2",
     needs=Needs(hessian_loss=gnb_sampled_loss, tokens_per_step=("bs",)),
     compile="pays"))  # step time / fused AdamW, eager -> compiled (CPU): 9.26 -> 0.96

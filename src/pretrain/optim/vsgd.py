@@ -57,12 +57,12 @@ schedules (warmup, decay) and muP lr multipliers can scale them. ``eps`` (1e-12)
 Weight decay is coupled (L2): g = grad + weight_decay * p, g2 = grad2 + weight_decay * (p + delta) and
 gl = p.grad + weight_decay * p, so the rates and curvature are those of the regularized objective. Default 0.
 
-Contract with the training step (its spec declares ``Needs(closure=True)``): ``step(closure)`` is called with ``p.grad``
-holding the mini-batch gradient at the current parameters (possibly clipped); ``closure(backward=True)`` must
-zero the gradients, recompute the loss AND the gradients (into p.grad, unclipped) at the parameters' current
-values on the *same* mini-batch, deterministically (no fresh dropout masks), and return the loss. step() calls it
-twice (at p, then at p + delta), restores the parameters (bit-exact, from a copy) and p.grad (= the loop's
-gradient), and updates. step() returns None.
+Contract with the training step (its spec declares ``Needs(closure=True)``; ``pretrain.step``): ``step(closure)``
+is called with ``p.grad`` holding the mini-batch gradient at the current parameters (possibly clipped);
+``closure(backward=True)`` must zero the gradients, recompute the loss AND the gradients (into p.grad,
+unclipped) at the parameters' current values on the *same* mini-batch, deterministically (no fresh dropout masks),
+and return the loss. step() calls it twice (at p, then at p + delta), restores the parameters (bit-exact, from a
+copy) and p.grad (= the loop's gradient), and updates. step() returns None.
 
 Deviations, named: delta = gbar is the paper's choice of difference step (a forward difference; for strongly
 non-linear models it is a large probe: here it is about the SGD step of lr 1, and h is the secant curvature along
@@ -75,19 +75,19 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError, check_range
+from ..errors import ConfigError, check_number, check_range
 from .registry import Needs, OptimizerSpec, register
 
 
 def _validate(group: dict) -> None:
-    check_range("optim.lr", float(group["lr"]), lo=0.0)
+    check_number("optim.lr", group["lr"], lo=0.0)
     n0 = group["n0"]
     if isinstance(n0, bool) or not isinstance(n0, int):
         raise ConfigError("optim.n0", f"must be an integer >= 1 (slow-start samples), got {n0!r}")
     check_range("optim.n0", n0, lo=1)
-    check_range("optim.c", float(group["c"]), lo=1.0)
-    check_range("optim.eps", float(group["eps"]), lo=0.0, lo_open=True)
-    check_range("optim.weight_decay", float(group["weight_decay"]), lo=0.0)
+    check_number("optim.c", group["c"], lo=1.0)
+    check_number("optim.eps", group["eps"], lo=0.0, lo_open=True)
+    check_number("optim.weight_decay", group["weight_decay"], lo=0.0)
 
 
 def _rate(state: dict, eps: float) -> torch.Tensor:

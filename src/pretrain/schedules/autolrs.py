@@ -68,8 +68,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError
-from .classic import check_int, check_number, check_phases, check_step, warmup_factor
+from ..errors import ConfigError, check_number
+from .classic import check_int, check_phases, check_step, warmup_factor
 from .registry import Schedule, ScheduleSpec, register
 
 LR_MIN_RATIO = 1e-3  # lr_min null = LR_MIN_RATIO * lr_max

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import bisect
 import math
-from numbers import Integral, Real
+from numbers import Integral
 from typing import Any, Sequence
 
-from ..errors import ConfigError, check_range
+from ..errors import ConfigError, check_number, check_range
 from .registry import Schedule, ScheduleSpec, register
 
 DECAY_SHAPES = ("linear", "cosine", "1-sqrt", "exponential")
@@ -59,21 +59,13 @@ def check_shape(shape: Any, field: str = "schedule.decay_shape", allowed: Sequen
     return shape
 
 
-def check_number(field: str, value: Any, lo=None, hi=None, lo_open=False, hi_open=False) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or math.isnan(float(value)):
-        raise ConfigError(field, f"must be a number, got {value!r}")
-    check_range(field, float(value), lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
-    return float(value)
-
-
 def check_int(field: str, value: Any, lo: int | None = 0) -> int:
     """A whole number (an integral float such as 100.0 from a config file is accepted) >= lo."""
     ok = isinstance(value, Integral) or (isinstance(value, float) and value.is_integer())
     if isinstance(value, bool) or not ok:
         raise ConfigError(field, f"must be an integer, got {value!r}")
     value = int(value)
-    if lo is not None and value < lo:
-        raise ConfigError(field, f"{value!r} is out of range; allowed: [{lo}, inf)")
+    check_range(field, value, lo=lo)
     return value
 
 
@@ -344,7 +336,8 @@ register(ScheduleSpec(
 register(ScheduleSpec(
     "one_cycle", OneCycleSchedule,
     paper="1cycle (Smith & Topin 2019; torch OneCycleLR defaults)",
-    notes="lr only; the momentum cycle of torch's OneCycleLR is not applied"))
+    notes="the max lr is the optimizer's lr (peak_lr); lr only: the momentum cycle of torch's OneCycleLR is not "
+          "applied"))
 register(ScheduleSpec(
     "power_decay", PowerDecaySchedule,
     paper="polynomial decay eta0 * (1 + t/t0)^-beta (Robbins & Monro 1951; beta 0.5 = Vaswani et al. 2017)",

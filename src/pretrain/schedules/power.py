@@ -37,9 +37,9 @@ The schedule, with tokens(step) = step * tokens_per_step, peak_lr = lr_max, N_s 
 """
 from __future__ import annotations
 
-from .classic import (check_int, check_number, check_phases, check_ratio, check_shape, check_step, decay_curve,
+from ..errors import ConfigError, check_number
+from .classic import (check_int, check_phases, check_ratio, check_shape, check_step, decay_curve,
                       resolve_decay_steps)
-from ..errors import ConfigError
 from .registry import Schedule, ScheduleSpec, register
 
 

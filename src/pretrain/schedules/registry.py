@@ -11,7 +11,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import ConfigError, check_range
+from ..errors import ConfigError, check_number
 
 
 class Schedule:
@@ -86,7 +86,7 @@ def validate_kwargs(name: str, kw: dict[str, Any]) -> dict[str, Any]:
 def build_schedule(name: str, *, peak_lr: float, total_steps: int, **kw) -> Schedule:
     """Build the registered schedule `name`; unknown keywords and bad values raise ConfigError."""
     spec = get_spec(name)
-    check_range("schedule.peak_lr", float(peak_lr), lo=0.0)
+    check_number("schedule.peak_lr", peak_lr, lo=0.0)
     if int(total_steps) != total_steps or total_steps < 1:
         raise ConfigError("train.steps", f"total_steps must be a positive integer, got {total_steps!r}")
     merged = validate_kwargs(name, kw)

@@ -33,10 +33,11 @@ How it works (torch 2.13; checked on CPU only):
 - A call with a closure (line searches: `requires_closure`) runs the eager step.
 - Dynamo settings are patched around each call (`torch._dynamo.config.patch`), never set globally.
 
-`COMPILE_PAYS[name]` says, for each registered optimizer, whether the compiled step was faster than the eager
-one on CPU in `bench/optim_step.py` (a 124M-parameter GPT's parameter set, see bench/README.md), and so whether
-`train.compile_optimizer: auto` should compile it. Optimizers that cannot be compiled (graph breaks or a
-recompilation every step, see `NOT_COMPILABLE`) are False.
+Whether a compiled step pays is declared on each optimizer's spec (`OptimizerSpec.compile`: "pays" where the
+compiled step was faster than the eager one on CPU in `bench/optim_step.py`, a 124M-parameter GPT's parameter
+set, see bench/README.md, and so `train.compile_optimizer: auto` compiles it; "no_gain"; or why it cannot be
+compiled: graph breaks or a recompilation every step). The compile itself takes 3-400 s on 2 cores (once per
+run; inductor caches it on disk). `compile_pays(name)`, `not_compilable()` read the specs.
 
 This module registers no optimizer and imports nothing heavy at import time (torch._dynamo is imported lazily).
 """
@@ -45,54 +46,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
-# Measured on CPU with bench/optim_step.py (124M-parameter GPT, 1 thread, 2026-11-26; bench/README.md):
-# True where the compiled step took < 0.9x the eager one. In comments: step time / fused AdamW's, eager ->
-# compiled, in the latest run (fused CPU kernels for the reduction passes, `fast/cpu_kernels.py`; per-tensor scalars
-# computed once, `_common.materialize`). The compile itself takes 3-400 s on 2 cores (once per run; inductor
-# caches it on disk).
-COMPILE_PAYS: dict[str, bool] = {
-    # written here
-    "adopt": True,  # 5.49 -> 0.99
-    "lion": True,  # 2.98 -> 0.73
-    "sophia": True,  # 9.26 -> 0.96
-    "lars": True,  # 3.44 -> 1.10
-    "lamb": True,  # 7.54 -> 1.83
-    "rdbd": True,  # 31.0 -> 1.66
-    "adam_hd": True,  # 3.34 -> 1.59
-    "sgd_hd": False,  # 0.92 -> 0.88 (eager is already one fused pass + one foreach add)
-    "sgd_armijo": False,  # needs a closure
-    "vsgd": False,  # needs a closure
-    # torch's (`--compile all`)
-    "adam": True,  # 3.76 -> 1.25
-    "adamw": True,  # 4.37 -> 1.37
-    "nadam": True,  # 5.31 -> 1.79
-    "nesterov": True,  # 1.94 -> 0.78
-    "rmsprop": True,  # 2.86 -> 0.93
-    "adagrad": True,  # 4.04 -> 0.76
-    "sgd": False,  # 0.49 -> 0.51
-    "momentum": False,  # does not compile (NOT_COMPILABLE)
-    "adafactor": False,  # does not compile
-    "muon": False,  # not measured: Newton-Schulz matmuls dominate (127x eager on 1 CPU thread); compiled
-    #                 results differ from eager at bf16 rounding (1e-2 relative)
-    "sf_adamw": False,  # does not compile
-    "sf_sgd": False,  # does not compile
-    "adamw_8bit": False,  # does not compile
-}
-
-# Registered optimizers whose step does not compile (torch 2.13, CPU), and why. `train.compile_optimizer: true`
-# should refuse them; compile_step itself does not check names.
-NOT_COMPILABLE: dict[str, str] = {
-    "sgd_armijo": "needs step(closure): the closure's forward passes cannot be traced in the step (runs eager)",
-    "vsgd": "needs step(closure): the closure's forward/backward cannot be traced in the step (runs eager)",
-    "sf_adamw": "schedulefree: inductor fails (GuardOnDataDependentSymNode) with a tensor lr; a float lr "
-                "recompiles every step",
-    "sf_sgd": "schedulefree: inductor fails (GuardOnDataDependentSymNode) with a tensor lr; a float lr "
-              "recompiles every step",
-    "adamw_8bit": "bitsandbytes' update kernels cannot run on fake tensors (dynamo fails)",
-    "momentum": "torch 2.13 dynamo fails on torch.optim.SGD(momentum, dampening) (SpeculationLogDivergence)",
-    "adafactor": "dynamo skips torch.optim.Adafactor's frames (graph breaks): nothing is compiled",
-}
 
 # param-group floats that change every step: a 0-dim tensor during the compiled call. "lr": the schedule's;
 # "hd_lr": the hypergradient optimizers' adapted rate (written by their step).
@@ -185,9 +138,15 @@ def is_compiled(optimizer) -> bool:
 
 
 def compile_pays(name: str) -> bool:
-    """Whether `train.compile_optimizer: auto` should compile the registered optimizer `name` (CPU measure)."""
-    return bool(COMPILE_PAYS.get(name, False))
+    """Whether `train.compile_optimizer: auto` compiles the registered optimizer `name` (a CPU measurement)."""
+    from ..registry import get_spec
+    return get_spec(name).compile == "pays"
 
 
-__all__ = ["COMPILE_PAYS", "NOT_COMPILABLE", "CompiledStep", "compile_step", "uncompile_step", "is_compiled",
-           "compile_pays"]
+def not_compilable() -> dict[str, str]:
+    """Registered optimizers whose step does not compile (torch 2.13, CPU), and why."""
+    from ..registry import OPTIMIZERS
+    return {n: s.compile for n, s in OPTIMIZERS.items() if not s.compilable}
+
+
+__all__ = ["CompiledStep", "compile_step", "uncompile_step", "is_compiled", "compile_pays", "not_compilable"]

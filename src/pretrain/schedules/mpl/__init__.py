@@ -67,7 +67,8 @@ register(ScheduleSpec(
     name="mpl",
     factory=MPLSchedule,
     paper="Luo et al. 2025, A Multi-Power Law for Loss Curve Prediction Across Learning Rate Schedules (arXiv 2503.12811)",
-    notes="replays a schedule optimized under a fitted Multi-Power Law (pretrain.tools.mpl optimize), "
+    notes="replays a schedule optimized under a fitted Multi-Power Law (path: the file that `python -m "
+          "pretrain.tools.mpl optimize --params params.json --steps N --peak-lr X --warmup W --out FILE` writes), "
           "rescaled to the run's peak lr; steps past the file's end keep its last value; warmup_steps, when set, "
           "must equal the file's",
 ))
