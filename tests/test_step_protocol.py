@@ -97,7 +97,7 @@ def trainer_run(cfg, out_dir):
     """pretrain.hf.Trainer on the loop's model initialization, data order and hyperparameters for `cfg`."""
     from accelerate.utils import set_seed
 
-    from pretrain.build import build_model, padded_vocab
+    from pretrain.build import build_model
     from pretrain.config import optimizer_hparams, schedule_kwargs
     from pretrain.data import build_data
     from pretrain.hf import Trainer, TrainingArguments
@@ -107,7 +107,7 @@ def trainer_run(cfg, out_dir):
     accum = t.global_batch_size // t.micro_batch_size
     seqs = [s for step in range(t.steps) for i in range(accum) for s in loader.micro_batch(step, i)]
     set_seed(cfg.seed)
-    model = build_model(cfg, padded_vocab(tokenizer), tokenizer.eos_token_id)
+    model = build_model(cfg, len(tokenizer), tokenizer.eos_token_id)
     hp = optimizer_hparams(cfg)
     args = TrainingArguments(
         output_dir=str(out_dir), optim=f"pretrain:{cfg.optim['name']}", optim_args=hp, learning_rate=hp["lr"],

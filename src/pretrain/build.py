@@ -74,19 +74,24 @@ def make_accelerator(cfg: RunConfig):
     return acc, accum
 
 
-def build_model(cfg: RunConfig, vocab_size: int, eos_id: int):
-    from .model import GPT, GPTConfig
+def model_config(cfg: RunConfig, vocab_size: int, eos_id: int | None = None):
+    """The GPTConfig of a recipe (`vocab_size` padded to a multiple of 64)."""
+    from .model import GPTConfig
 
     m = cfg.model
-    config = GPTConfig(vocab_size=vocab_size, d_model=m.d_model, n_layer=m.n_layer, n_head=m.n_head,
-                       n_kv_head=m.n_kv_head, d_ff=m.d_ff, max_seq_len=cfg.train.seq_len, rope_theta=m.rope_theta,
-                       norm_eps=m.norm_eps, tie_embeddings=m.tie_embeddings, init_std=m.init_std,
-                       bos_token_id=eos_id, eos_token_id=eos_id)
-    return GPT(config)
+    return GPTConfig(vocab_size=padded(vocab_size), d_model=m.d_model, n_layer=m.n_layer, n_head=m.n_head,
+                     n_kv_head=m.n_kv_head, d_ff=m.d_ff, max_seq_len=cfg.train.seq_len, rope_theta=m.rope_theta,
+                     norm_eps=m.norm_eps, tie_embeddings=m.tie_embeddings, init_std=m.init_std,
+                     activation_checkpointing=m.activation_checkpointing, bos_token_id=eos_id, eos_token_id=eos_id)
 
 
-def padded_vocab(tokenizer, multiple: int = 64) -> int:
-    return (len(tokenizer) + multiple - 1) // multiple * multiple
+def build_model(cfg: RunConfig, vocab_size: int, eos_id: int):
+    from .model import GPT
+    return GPT(model_config(cfg, vocab_size, eos_id))
+
+
+def padded(n: int, multiple: int = 64) -> int:
+    return (n + multiple - 1) // multiple * multiple
 
 
 def should_compile(cfg: RunConfig, optimizer, is_deepspeed: bool, device_type: str = "cpu") -> bool:
@@ -106,6 +111,24 @@ def should_compile(cfg: RunConfig, optimizer, is_deepspeed: bool, device_type: s
     return device_type == "cpu" and get_spec(cfg.optim["name"]).compile == "pays" and cfg.train.steps >= 500
 
 
+def check_plan(cfg: RunConfig, accelerator, log) -> None:
+    """On a GPU of the hardware table: stop before anything is built when the memory plan says the run does not
+    fit (pretrain.plan.launch_check; train.ignore_plan=true launches anyway)."""
+    from .hardware import gpu_of_device
+    from .plan import launch_check
+
+    gpu = gpu_of_device(accelerator.device)
+    if gpu is None:
+        return
+    kind, strategy = accelerator.distributed_type.value, "ddp"
+    if kind == "DEEPSPEED" and accelerator.state.deepspeed_plugin.zero_stage:
+        strategy = f"zero{accelerator.state.deepspeed_plugin.zero_stage}"
+    elif kind == "FSDP":
+        strategy = "fsdp"
+    plan = launch_check(cfg, gpu=gpu, gpus=accelerator.num_processes, strategy=strategy)
+    log(f"plan: {plan.memory['total'] / 2 ** 30:.1f} of {plan.available / 2 ** 30:.1f} GiB per GPU ({strategy})")
+
+
 def build_run(cfg: RunConfig, log=None) -> Run:
     """Everything the loop needs, in data-flow order; collective under several processes."""
     from accelerate.utils import set_seed
@@ -115,6 +138,7 @@ def build_run(cfg: RunConfig, log=None) -> Run:
 
     accelerator, accum = make_accelerator(cfg)
     log = log or (lambda msg: accelerator.print(msg))
+    check_plan(cfg, accelerator, log)
     if accelerator.is_main_process:
         os.makedirs(cfg.run_dir, exist_ok=True)
         from omegaconf import OmegaConf
@@ -128,7 +152,7 @@ def build_run(cfg: RunConfig, log=None) -> Run:
     if cfg.train.fast_kernels:
         from .optim import fast
         fast.enable_kernels()
-    model = build_model(cfg, padded_vocab(tokenizer), tokenizer.eos_token_id)
+    model = build_model(cfg, len(tokenizer), tokenizer.eos_token_id)
     optimizer = build_optimizer(cfg.optim["name"], model, **optimizer_hparams(cfg))
     schedule = build_run_schedule(cfg)
     model, optimizer = accelerator.prepare(model, optimizer)

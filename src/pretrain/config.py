@@ -32,6 +32,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     init_std: float = 0.02
+    activation_checkpointing: bool = False  # recompute each block in the backward pass (saves activation memory)
 
 
 @dataclass
@@ -68,6 +69,7 @@ class TrainConfig:
     fast_kernels: bool = True  # fused CPU kernels for the reduction passes of sgd_hd, adam_hd, lars, lamb (optim/fast)
     init_from: Optional[str] = None  # a checkpoint directory to branch from (e.g. a WSD cooldown)
     progress: bool = True
+    ignore_plan: bool = False  # on a GPU, launch even when the memory plan (pretrain.plan) says it does not fit
 
     @property
     def tokens_per_step(self) -> int:
@@ -84,6 +86,14 @@ class ClipConfig:
 class ScalingConfig:
     batch_lr_rule: str = "none"  # none | linear (Goyal et al. 2017) | sqrt (Malladi et al. 2022)
     base_batch_size: Optional[int] = None  # the global batch the recipe's lr was tuned at
+
+
+@dataclass
+class HardwareConfig:
+    """What the recipe is sized for: the plan tool's defaults and the README's recipe table (null: not stated)."""
+    gpus: Optional[int] = None
+    gpu: Optional[str] = None  # a hardware.GPUS key, e.g. h100-80gb
+    strategy: Optional[str] = None  # ddp | zero1 | zero2 | zero3 | fsdp
 
 
 @dataclass
@@ -105,6 +115,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
     log: LogConfig = field(default_factory=LogConfig)
     run_dir: str = "runs/tiny"
     seed: int = 0
@@ -121,6 +132,7 @@ CHOICES = {
     "train.compile_optimizer": ["auto", "always", "never"],
     "clip.policy": ["none", "norm"],
     "scaling.batch_lr_rule": ["none", "linear", "sqrt"],
+    "hardware.strategy": [None, "ddp", "zero1", "zero2", "zero3", "fsdp"],
 }
 
 
@@ -234,6 +246,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     if t.compile_optimizer == "always" and not spec.compilable:
         raise ConfigError("train.compile_optimizer", f"the step of {spec.name!r} cannot be compiled: "
                           f"{spec.compile}", ["auto", "never"])
+    if cfg.hardware.gpu is not None:
+        from .hardware import gpu_named
+        gpu_named(cfg.hardware.gpu, "hardware.gpu")
+    if cfg.hardware.gpus is not None:
+        check_range("hardware.gpus", cfg.hardware.gpus, lo=1)
     check_engine(cfg, launch_engine())
     build_run_schedule(cfg)  # range checks that need the run length (warmup, decay, MPL file)
     return cfg

@@ -11,17 +11,11 @@ import math
 import os
 import time
 
-# dense bf16 peak FLOP/s per device, for MFU (None where unknown, e.g. CPUs)
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "B200": 2250e12, "A100": 312e12, "A800": 312e12,
-              "L40S": 362e12, "A10G": 70e12, "L4": 121e12, "V100": 125e12}
-
-
 def peak_flops(device) -> float | None:
-    import torch
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    """Dense bf16 peak FLOP/s of a CUDA device (`hardware.GPUS`); None where unknown (e.g. CPUs)."""
+    from .hardware import gpu_of_device
+    gpu = gpu_of_device(device)
+    return gpu.peak_flops if gpu else None
 
 
 class MetricsWriter:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput
 
@@ -22,7 +23,7 @@ class GPTConfig(PretrainedConfig):
     def __init__(self, vocab_size=4096, d_model=128, n_layer=4, n_head=4, n_kv_head=None, d_ff=None,
                  max_seq_len=256, rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True, init_std=0.02,
                  attn_scale=None, embed_multiplier=1.0, logit_multiplier=1.0, bos_token_id=None, eos_token_id=None,
-                 **kwargs):
+                 activation_checkpointing=False, **kwargs):
         self.vocab_size = vocab_size
         self.d_model = d_model
         self.n_layer = n_layer
@@ -38,6 +39,8 @@ class GPTConfig(PretrainedConfig):
         self.attn_scale = attn_scale
         self.embed_multiplier = embed_multiplier
         self.logit_multiplier = logit_multiplier
+        # recompute each Block in backward (training only); a runtime choice: numerics and export are unchanged
+        self.activation_checkpointing = activation_checkpointing
         kwargs.pop("tie_word_embeddings", None)
         super().__init__(bos_token_id=bos_token_id, eos_token_id=eos_token_id, tie_word_embeddings=tie_embeddings,
                          **kwargs)
@@ -147,7 +150,7 @@ class GPT(PreTrainedModel):
     config_class = GPTConfig
     base_model_prefix = "model"
     _no_split_modules = ["Block"]
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True  # config.activation_checkpointing; HF's *_checkpointing_enable set it
     _supports_sdpa = True
     accepts_loss_kwargs = False  # forward returns a mean loss; the HF Trainer must scale it for accumulation
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}  # used only when config ties them
@@ -171,6 +174,20 @@ class GPT(PreTrainedModel):
     def _init_weights(self, module):  # initialization is done once, in parametrization.init_weights
         pass
 
+    # transformers' activation_checkpointing_enable/disable (and the Trainer's gradient_checkpointing=True) land
+    # here: every block is checkpointed (use_reentrant=False); every_n_layers and a custom checkpoint function are
+    # refused rather than ignored
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return bool(self.config.activation_checkpointing)
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, every_n_layers=1):
+        func = getattr(gradient_checkpointing_func, "func", gradient_checkpointing_func)
+        kw = getattr(gradient_checkpointing_func, "keywords", {})
+        if enable and (every_n_layers != 1 or func not in (None, checkpoint) or kw.get("use_reentrant", False)):
+            raise ValueError("GPT checkpoints every block with torch.utils.checkpoint(use_reentrant=False) only")
+        self.config.activation_checkpointing = enable
+
     def forward(self, input_ids, labels=None, attention_mask=None, **kwargs):
         c = self.config
         T = input_ids.shape[1]
@@ -178,8 +195,9 @@ class GPT(PreTrainedModel):
         if c.embed_multiplier != 1.0:
             x = x * c.embed_multiplier
         cos, sin = rope_cache(c, T, x.device, x.dtype)
+        recompute = c.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.model.layers:
-            x = block(x, cos, sin)
+            x = checkpoint(block, x, cos, sin, use_reentrant=False) if recompute else block(x, cos, sin)
         x = self.model.norm(x)
         logits = self.lm_head(x)
         if c.logit_multiplier != 1.0:

@@ -121,4 +121,5 @@ register(OptimizerSpec.of_class(
     notes="trust ratio tc*||w||/(||g||+wd*||w||+eps) per tensor; L2 weight decay inside the trust ratio (the "
           "paper's); exclude_vectors: biases and norm gains (kind 'vector', ndim < 2) skip trust ratio and weight "
           "decay; lr 1.0 is timm's default (the paper tunes lr per batch size, with a polynomial decay)",
-    compile="pays"))  # step time / fused AdamW, eager -> compiled (CPU): 3.44 -> 1.10
+    compile="pays",  # step time / fused AdamW, eager -> compiled (CPU): 3.44 -> 1.10
+    state_bytes=4))

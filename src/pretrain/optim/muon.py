@@ -75,5 +75,7 @@ register(OptimizerSpec.of_class(
     "Jordan et al. 2024 (Muon); torch.optim.Muon", "1 fp32 (momentum) on matrices; 2 fp32 (AdamW) elsewhere",
     source="torch", notes="hidden 2-D matrices on Muon (Newton-Schulz, 5 steps); embeddings, head, 1-D on AdamW",
     needs=Needs(matrix_params=True),  # orthogonalizes whole 2-D matrices: not on ZeRO's flattened partitions
-    compile="no_gain"))  # not measured: Newton-Schulz matmuls dominate (127x eager on 1 CPU thread); compiled
-#                          results differ from eager at bf16 rounding (1e-2 relative)
+    # compiled step not measured: Newton-Schulz matmuls dominate (127x eager on 1 CPU thread); compiled results
+    # differ from eager at bf16 rounding (1e-2 relative)
+    compile="no_gain",
+    state_bytes={"hidden": 4, "other": 8}))

@@ -69,6 +69,11 @@ class OptimizerSpec:
     # measured it faster than the eager step on CPU (auto compiles it), "no_gain", or why it cannot compile
     compile: str = "no_gain"
     cls: type | None = None  # the optimizer class, where the factory is a class's constructor (`of_class`)
+    # optimizer state in bytes per parameter (fp32 state; the memory planner, pretrain.plan): a number, a dict
+    # {parameter kind: bytes} ("other" for the kinds not named), or a function of the hyperparameters giving either;
+    # `temp_bytes`: what the step allocates beyond it, per parameter (a closure's parameter copies, vSGD's probes)
+    state_bytes: Any = 0.0
+    temp_bytes: float = 0.0
 
     @classmethod
     def of_class(cls, name: str, opt_cls, paper: str, state: str, **kw) -> "OptimizerSpec":
@@ -80,6 +85,17 @@ class OptimizerSpec:
     @property
     def compilable(self) -> bool:
         return self.compile in ("pays", "no_gain")
+
+    def state_bytes_per_kind(self, hparams: dict | None = None) -> dict[str, float]:
+        """Optimizer state bytes per parameter of each kind (param_groups.KINDS) at these hyperparameters."""
+        from .param_groups import KINDS
+
+        value = self.state_bytes
+        if callable(value):
+            value = value({**self.defaults, **(hparams or {})})
+        if not isinstance(value, dict):
+            return {k: float(value) for k in KINDS}
+        return {k: float(value.get(k, value.get("other", 0.0))) for k in KINDS}
 
 
 def signature_defaults(opt_cls) -> dict[str, Any]:

@@ -161,4 +161,5 @@ register(OptimizerSpec.of_class(
           "eta*gamma**(1/n_batches_per_epoch) capped at eta_max; ignores the lr schedule (use schedule=constant); "
           "L2 weight decay",
     needs=Needs(closure=True),
-    compile="needs step(closure): the closure's forward passes cannot be traced in the step (runs eager)"))
+    compile="needs step(closure): the closure's forward passes cannot be traced in the step (runs eager)",
+    state_bytes=0, temp_bytes=4))

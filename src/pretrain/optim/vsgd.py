@@ -213,4 +213,5 @@ register(OptimizerSpec.of_class(
           "eta_i = gbar^2/vbar * hbar/vhbar, tau adaptive with the outlier rule; first n0 steps only collect "
           "statistics (slow start, vbar/hbar x c, vhbar x c^2); lr is a multiplier (1 = paper); L2 decay",
     needs=Needs(closure=True),
-    compile="needs step(closure): the closure's forward/backward cannot be traced in the step (runs eager)"))
+    compile="needs step(closure): the closure's forward/backward cannot be traced in the step (runs eager)",
+    state_bytes=20, temp_bytes=16))
