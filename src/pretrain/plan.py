@@ -27,7 +27,7 @@ wall time = the run's tokens / tokens/s; cost = GPU-hours x price.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import ConfigError, check_number
 from .hardware import GiB, GPU, gpu_named
@@ -85,7 +85,6 @@ class Plan:
     hours: float
     cost: float | None
     checkpointing: bool
-    notes: list = field(default_factory=list)
 
     @property
     def fits(self) -> bool:
