@@ -10,6 +10,7 @@ from typing import Any, Callable
 import torch
 
 from . import checkpoint as ckpt
+from .clipping import build_clip_policy
 from .config import RunConfig, build_run_schedule, launch_engine, optimizer_hparams, world_size_check
 from .errors import ConfigError
 from .step import LoopEngine
@@ -164,9 +165,9 @@ def build_run(cfg: RunConfig, log=None) -> Run:
         log("optimizer step compiled (train.compile_optimizer)")
     t = cfg.train
     fwd_model = torch.compile(model) if t.compile else model
-    max_norm = cfg.clip.max_norm if cfg.clip.policy == "norm" else float("inf")
+    clip = build_clip_policy(cfg.clip, accelerator.unwrap_model(model))
     engine = LoopEngine(accelerator, model, fwd_model, optimizer, loader, accum=accum, seed=cfg.seed,
-                        tokens_per_step=t.tokens_per_step, max_norm=max_norm, is_deepspeed=is_ds)
+                        tokens_per_step=t.tokens_per_step, clip=clip, is_deepspeed=is_ds)
     model.train()
     engine.protocol.train_mode()
     return Run(cfg, accelerator, accum, tokenizer, loader, val, model, fwd_model, optimizer, schedule, engine, log)
@@ -179,6 +180,7 @@ def resume(run: Run, source: str | None) -> int:
     state, data_state = ckpt.load_checkpoint(run.accelerator, source)
     start = int(state["step"])
     run.schedule.load_state_dict(state.get("schedule", {}))
+    run.engine.clip.load_state_dict(state.get("clip", {}))
     run.loader.load_state_dict(data_state, start)
     run.protocol.train_mode()  # checkpoints hold the optimizer in eval mode
     run.log(f"resumed from {source} at step {start}")
@@ -189,7 +191,8 @@ def resume(run: Run, source: str | None) -> int:
 
 def save(run: Run, step: int) -> str:
     """A resumable checkpoint at `step` (the optimizer in eval mode, as the model is evaluated)."""
-    state = {"step": step, "schedule": run.schedule.state_dict(), "config": run.cfg.to_dict()}
+    state = {"step": step, "schedule": run.schedule.state_dict(), "clip": run.engine.clip.state_dict(),
+             "config": run.cfg.to_dict()}
     with run.protocol.evaluating():
         return ckpt.save_checkpoint(run.accelerator, run.model, run.cfg.run_dir, step, state,
                                     run.loader.state_dict(step), keep=run.cfg.train.keep_checkpoints)

@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .errors import ConfigError, check_range
+from .errors import ConfigError, check_number, check_range
 
 RECIPES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "recipes")
 
@@ -78,8 +78,17 @@ class TrainConfig:
 
 @dataclass
 class ClipConfig:
-    policy: str = "norm"  # none | norm
-    max_norm: float = 1.0
+    """Gradient clipping (pretrain.clipping states each rule)."""
+    policy: str = "norm"  # none | norm | value | percentile | zscore | agc
+    max_norm: float = 1.0  # norm: the global-norm threshold
+    value: float = 1.0  # value: clamp every gradient element to [-value, value]
+    percentile: float = 90.0  # percentile: the threshold is this percentile of the previous steps' norms
+    window: int = 1000  # percentile: how many previous norms (0: all)
+    warmup_steps: int = 100  # percentile, zscore: steps seen before clipping starts
+    z: float = 2.5  # zscore: threshold = EMA mean + z * EMA std of the norm
+    beta: float = 0.97  # zscore: EMA decay
+    agc_lambda: float = 0.01  # agc: clip where |G_i| > agc_lambda * max(|W_i|, agc_eps), unit-wise
+    agc_eps: float = 1e-3
 
 
 @dataclass
@@ -130,7 +139,7 @@ CHOICES = {
     "data.source": ["stdlib", "text_files", "hub"],
     "train.precision": ["auto", "fp32", "bf16"],
     "train.compile_optimizer": ["auto", "always", "never"],
-    "clip.policy": ["none", "norm"],
+    "clip.policy": ["none", "norm", "value", "percentile", "zscore", "agc"],
     "scaling.batch_lr_rule": ["none", "linear", "sqrt"],
     "hardware.strategy": [None, "ddp", "zero1", "zero2", "zero3", "fsdp"],
 }
@@ -215,7 +224,14 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError("model.n_kv_head", f"must be a positive divisor of model.n_head ({m.n_head}), got {m.n_kv_head}")
     check_range("model.init_std", m.init_std, lo=0.0, lo_open=True)
     check_range("data.val_fraction", d.val_fraction, lo=0.0, hi=1.0, hi_open=True)
-    check_range("clip.max_norm", cfg.clip.max_norm, lo=0.0, lo_open=True)
+    c = cfg.clip
+    for f, v in [("clip.max_norm", c.max_norm), ("clip.value", c.value), ("clip.z", c.z),
+                 ("clip.agc_lambda", c.agc_lambda), ("clip.agc_eps", c.agc_eps)]:
+        check_number(f, v, lo=0.0, lo_open=True, hi=math.inf, hi_open=True)
+    check_number("clip.percentile", c.percentile, lo=0.0, hi=100.0, lo_open=True)
+    check_number("clip.beta", c.beta, lo=0.0, hi=1.0, hi_open=True)
+    check_range("clip.window", c.window, lo=0)
+    check_range("clip.warmup_steps", c.warmup_steps, lo=0)
     if d.source == "text_files" and not d.paths:
         raise ConfigError("data.paths", "data.source=text_files needs data.paths (files, folders or globs)")
     if d.source == "text_files":
@@ -275,6 +291,13 @@ def check_engine(cfg: RunConfig, engine: str) -> None:
     conflict = optim_spec(name).needs.engine_conflict(engine)
     if conflict:
         raise ConfigError("optim.name", f"{name} {conflict}; use DDP or FSDP")
+    if engine == "deepspeed" and cfg.clip.policy not in ("none", "norm"):
+        raise ConfigError("clip.policy", f"{cfg.clip.policy!r}: DeepSpeed clips inside its engine, by the global "
+                          "norm only; use norm (or none), or DDP / FSDP", ["none", "norm"], got=cfg.clip.policy)
+    if engine == "fsdp" and cfg.clip.policy == "agc":
+        raise ConfigError("clip.policy", "agc needs whole parameters (unit-wise norms), which FSDP shards; use "
+                          "percentile, zscore, norm or value, or DDP", ["none", "norm", "value", "percentile",
+                                                                        "zscore"], got="agc")
     if engine == "deepspeed" and sched_spec(cfg.schedule["name"]).controller:
         raise ConfigError("schedule.name", f"{cfg.schedule['name']} restores model and optimizer snapshots, which "
                           "the DeepSpeed engine does not support here; use DDP or FSDP")

@@ -35,11 +35,11 @@ def train(cfg: RunConfig, log=None) -> dict:
     for step in range(start, t.steps):
         if search:
             search(step)
-        loss, grad_norm = run.engine.train_step(step, schedule.factor(step))
+        loss, clip = run.engine.train_step(step, schedule.factor(step))
         done = step + 1
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss is {loss} at step {done}; the last checkpoint is kept in {cfg.run_dir}")
-        out.train_row(done, loss, schedule(step), grad_norm)
+        out.train_row(done, loss, schedule(step), clip)
         if t.eval_every and (done % t.eval_every == 0 or done == t.steps):
             val_loss = evaluate(run)
             out.eval_row(done, val_loss)

@@ -135,13 +135,14 @@ class StepProtocol:
 
 class LoopEngine:
     """The training loop's engine on accelerate, and its whole step (`train_step`): set the lr, accumulate the
-    micro-batches' gradients, clip, step the optimizer (its protocol hooks run inside), zero the gradients."""
+    micro-batches' gradients, clip (`clip`: a `clipping.ClipPolicy`), step the optimizer (its protocol hooks run
+    inside), zero the gradients."""
 
     def __init__(self, accelerator, model, fwd_model, optimizer, loader, *, accum: int, seed: int,
-                 tokens_per_step: int, max_norm: float, is_deepspeed: bool):
+                 tokens_per_step: int, clip, is_deepspeed: bool):
         self.accelerator, self.model, self.fwd_model, self.optimizer = accelerator, model, fwd_model, optimizer
         self.loader, self.accum, self.seed, self.rank = loader, accum, seed, accelerator.process_index
-        self._tokens, self.max_norm, self.is_deepspeed = tokens_per_step, max_norm, is_deepspeed
+        self._tokens, self.clip, self.is_deepspeed = tokens_per_step, clip, is_deepspeed
         self.step, self._batches = None, None
         self.protocol = StepProtocol(optimizer, self)
 
@@ -176,9 +177,9 @@ class LoopEngine:
         return self._tokens
 
     # -- the loop's step --------------------------------------------------------------------------------------
-    def train_step(self, step: int, factor: float) -> tuple[float, float | None]:
-        """One optimizer step on global batch `step` with lr factor `factor`: (mean loss, grad norm before
-        clipping)."""
+    def train_step(self, step: int, factor: float) -> tuple[float, dict]:
+        """One optimizer step on global batch `step` with lr factor `factor`: (mean loss, the clipping policy's
+        record: grad_norm before clipping, clip_threshold, clipped, clip_fraction)."""
         self.step, self._batches = step, None
         set_lr(self.optimizer, factor)
         losses = []
@@ -187,14 +188,15 @@ class LoopEngine:
                 loss = self.fwd_model(input_ids=batch, labels=batch).loss
                 self.accelerator.backward(loss)  # divides by the accumulation (DeepSpeed: its engine does)
             losses.append(loss.detach().float())
-        grad_norm = None if self.is_deepspeed else self.accelerator.clip_grad_norm_(self.model.parameters(),
-                                                                                   self.max_norm)
+        params = list(self.model.parameters())
+        clip = None if self.is_deepspeed else self.clip(
+            params, lambda max_norm: self.accelerator.clip_grad_norm_(params, max_norm))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.is_deepspeed:  # its engine clipped inside the step
-            grad_norm = self.model.get_global_grad_norm()
+        if self.is_deepspeed:  # its engine clipped inside the step, by the global norm (config validation)
+            clip = self.clip(params, lambda max_norm: self.model.get_global_grad_norm())
         loss = self.accelerator.reduce(torch.stack(losses).mean(), "mean").item()
-        return loss, None if grad_norm is None else float(grad_norm)
+        return loss, clip
 
 
 def set_lr(optimizer, factor: float) -> None:

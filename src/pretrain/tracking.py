@@ -94,16 +94,19 @@ class RunLog:
         if self.cfg.log.wandb:
             self.acc.log(row, step=row["step"])
 
-    def train_row(self, done: int, loss: float, lr: float, grad_norm: float | None) -> None:
+    def train_row(self, done: int, loss: float, lr: float, clip: dict) -> None:
+        """`clip`: the clipping policy's record of the step (grad_norm before clipping, clip_threshold, clipped,
+        clip_fraction over the recent steps)."""
         self.tokens_since += self.tokens_per_step
         if self.pbar:
             self.pbar.update(1)
+        self._warn_if_clipping_often(done, clip["clip_fraction"])
         if not (done % self.cfg.log.log_every == 0 or done == self.cfg.train.steps or done == self.start + 1):
             return
         now = time.time()
         tps = self.tokens_since / max(now - self.t_last, 1e-9)
         self.t_last, self.tokens_since = now, 0
-        row = {"step": done, "tokens": done * self.tokens_per_step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+        row = {"step": done, "tokens": done * self.tokens_per_step, "loss": loss, "lr": lr, **clip,
                "tokens_per_s": tps, "mfu": (self.flops_per_token * tps / (self.peak * self.acc.num_processes))
                if self.peak else None, "epoch": self.epoch_of(done)}
         for source in self.sources:
@@ -112,6 +115,13 @@ class RunLog:
         self._write(row)
         if self.pbar:
             self.pbar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}")
+
+    def _warn_if_clipping_often(self, done: int, fraction: float) -> None:
+        """Once per RECENT steps, past the first RECENT: a warning when most recent steps were clipped."""
+        from .clipping import RECENT
+        if done >= RECENT and done % RECENT == 0 and fraction > 0.5:
+            self.log(f"warning: {fraction:.0%} of the last {RECENT} steps were clipped (clip.policy="
+                     f"{self.cfg.clip.policy}): clipping that often acts as a lower learning rate")
 
     def eval_row(self, done: int, val_loss: float) -> None:
         self._write({"step": done, "tokens": done * self.tokens_per_step, "kind": "eval", "val_loss": val_loss,
