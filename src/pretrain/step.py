@@ -194,7 +194,8 @@ class LoopEngine:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.is_deepspeed:  # its engine clipped inside the step, by the global norm (config validation)
-            clip = self.clip(params, lambda max_norm: self.model.get_global_grad_norm())
+            norm = self.model.get_global_grad_norm()
+            clip = self.clip(params, lambda max_norm: float("nan") if norm is None else norm)
         loss = self.accelerator.reduce(torch.stack(losses).mean(), "mean").item()
         return loss, clip
 
