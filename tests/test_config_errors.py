@@ -15,6 +15,7 @@ CASES = [  # (overrides, field named in the message, a hint that must appear)
     (["train.stepz=10"], "train.stepz", "Did you mean 'steps'"),
     (["optim.bta=0.9"], "optim.bta", "Did you mean 'betas'"),
     (["optim.lr=-1"], "optim.lr", "out of range"),
+    (["optim.lr=inf"], "optim.lr", "out of range"),
     (["optim.betas=[0.9,1.0]"], "optim.betas[1]", "[0.0, 1.0)"),
     (["train.global_batch_size=10", "train.micro_batch_size=4"], "train.global_batch_size", "not divisible"),
     (["data=text_files"], "data.paths", "needs data.paths"),

@@ -14,6 +14,7 @@ class's signature.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -135,7 +136,7 @@ def validate_hparams(name: str, hparams: dict[str, Any]) -> dict[str, Any]:
         f = f"optim.{key}"
         if key in ("lr", "eps", "weight_decay", "hyper_lr") and value is not None and not (
                 key == "eps" and isinstance(value, (list, tuple))):
-            check_number(f, value, lo=0.0)
+            check_number(f, value, lo=0.0, hi=math.inf, hi_open=True)  # finite
         elif key == "betas" and value is not None:
             if not isinstance(value, (list, tuple)):
                 raise ConfigError(f, f"must be a list of numbers, got {value!r}")
