@@ -304,21 +304,38 @@ def check_engine(cfg: RunConfig, engine: str) -> None:
 
 
 def optimizer_hparams(cfg: RunConfig) -> dict:
-    """The optimizer's keyword arguments: the recipe's, with the lr scaled by the batch-size rule."""
+    """The optimizer's keyword arguments: the recipe's, scaled by the batch-size rule (`scaling.batch_lr_rule`,
+    k = train.global_batch_size / scaling.base_batch_size): `linear` (Goyal et al. 2017): lr * k; `sqrt` (Malladi
+    et al. 2022, the SDE scaling rule of adaptive methods): lr * sqrt(k), and for the optimizers whose spec names
+    EMA decay rates (`ema_keys`: Adam's betas, RMSprop's alpha) 1 - beta' = k (1 - beta) and eps' = eps / sqrt(k)."""
     from .optim import get_spec
 
+    spec = get_spec(cfg.optim["name"])
     hp = {k: v for k, v in cfg.optim.items() if k != "name"}
-    hp["lr"] = batch_scaled_lr(cfg, hp.get("lr", get_spec(cfg.optim["name"]).defaults.get("lr")))
+    merged = {**spec.defaults, **hp}
+    rule, base = cfg.scaling.batch_lr_rule, cfg.scaling.base_batch_size
+    if rule == "none":
+        return {**hp, "lr": merged.get("lr")}
+    k = cfg.train.global_batch_size / base
+    hp["lr"] = merged.get("lr") * (k if rule == "linear" else math.sqrt(k))
+    if rule == "sqrt" and spec.ema_keys:
+        for key in spec.ema_keys:
+            hp[key] = _sde_decay(merged[key], k, f"optim.{key}")
+        if isinstance(merged.get("eps"), (int, float)):
+            hp["eps"] = merged["eps"] / math.sqrt(k)
     return hp
 
 
-def batch_scaled_lr(cfg: RunConfig, lr: float) -> float:
-    """Batch-size lr rules: linear (Goyal et al. 2017) or square root (Malladi et al. 2022)."""
-    rule, base = cfg.scaling.batch_lr_rule, cfg.scaling.base_batch_size
-    if rule == "none":
-        return lr
-    k = cfg.train.global_batch_size / base
-    return lr * (k if rule == "linear" else math.sqrt(k))
+def _sde_decay(beta, k: float, field: str):
+    """1 - beta' = k (1 - beta), for a number or a tuple of them; refused where beta' leaves [0, 1)."""
+    if isinstance(beta, (list, tuple)):
+        return tuple(_sde_decay(b, k, f"{field}[{i}]") for i, b in enumerate(beta))
+    scaled = 1 - k * (1 - beta)
+    if not 0 <= scaled < 1:
+        raise ConfigError("scaling.base_batch_size", f"the square-root rule scales {field} = {beta} to "
+                          f"1 - k (1 - beta) = {scaled:g} for k = {k:g}, outside [0, 1); use a base batch closer "
+                          "to train.global_batch_size or batch_lr_rule=linear")
+    return scaled
 
 
 def build_run_schedule(cfg: RunConfig):

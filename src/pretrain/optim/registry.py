@@ -75,6 +75,9 @@ class OptimizerSpec:
     # `temp_bytes`: what the step allocates beyond it, per parameter (a closure's parameter copies, vSGD's probes)
     state_bytes: Any = 0.0
     temp_bytes: float = 0.0
+    # hyperparameters that are EMA decay rates (a number or a pair): the square-root batch rule
+    # (scaling.batch_lr_rule=sqrt, Malladi et al. 2022) also sets 1 - beta' = k (1 - beta) and eps' = eps / sqrt(k)
+    ema_keys: tuple[str, ...] = ()
 
     @classmethod
     def of_class(cls, name: str, opt_cls, paper: str, state: str, **kw) -> "OptimizerSpec":

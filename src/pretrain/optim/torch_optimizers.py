@@ -48,23 +48,23 @@ register(OptimizerSpec(
     "Tieleman & Hinton 2012 (lecture 6.5)", "1 fp32 (square avg) (+1 with momentum/centered)", source="torch",
     notes="alpha=0.9 as in the lecture (torch's default is 0.99)",
     compile="pays",  # step time / fused AdamW, eager -> compiled (CPU): 2.86 -> 0.93
-    state_bytes=lambda hp: 4 + 4 * (hp["momentum"] > 0) + 4 * bool(hp["centered"])))
+    ema_keys=("alpha",), state_bytes=lambda hp: 4 + 4 * (hp["momentum"] > 0) + 4 * bool(hp["centered"])))
 register(OptimizerSpec(
     "adam", _torch(torch.optim.Adam), {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
     "Kingma & Ba 2015", "2 fp32 (m, v)", source="torch", notes="weight decay is L2 (coupled), as in Adam",
     compile="pays",  # step time / fused AdamW, eager -> compiled (CPU): 3.76 -> 1.25
-    state_bytes=8))
+    ema_keys=("betas",), state_bytes=8))
 register(OptimizerSpec(
     "adamw", _torch(torch.optim.AdamW), {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2},
     "Loshchilov & Hutter 2019", "2 fp32 (m, v)", source="torch", notes="decoupled weight decay",
     compile="pays",  # step time / fused AdamW, eager -> compiled (CPU): 4.37 -> 1.37
-    state_bytes=8))
+    ema_keys=("betas",), state_bytes=8))
 register(OptimizerSpec(
     "nadam", _torch(torch.optim.NAdam), {"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
                                          "momentum_decay": 4e-3, "decoupled_weight_decay": True},
     "Dozat 2016", "2 fp32 (m, v) + mu product", source="torch", notes="decoupled weight decay by default",
     compile="pays",  # step time / fused AdamW, eager -> compiled (CPU): 5.31 -> 1.79
-    state_bytes=8))
+    ema_keys=("betas",), state_bytes=8))
 register(OptimizerSpec(
     "adafactor", _torch(torch.optim.Adafactor), {"lr": 1e-2, "beta2_decay": -0.8, "eps": (None, 1e-3), "d": 1.0,
                                                  "weight_decay": 0.0},
@@ -91,7 +91,7 @@ register(OptimizerSpec(
     "Defazio et al. 2024", "2 fp32 (z, v)", source="schedulefree",
     notes="use schedule=constant; warmup is the optimizer's own warmup_steps; train()/eval() switched by the loop",
     needs=Needs(train_eval=True), compile=_SF_COMPILE,
-    state_bytes=8))
+    ema_keys=("betas",), state_bytes=8))
 register(OptimizerSpec(
     "sf_sgd", _sf("SGDScheduleFree"), {"lr": 1.0, "momentum": 0.9, "weight_decay": 0.0, "warmup_steps": 0,
                                       "r": 0.0, "weight_lr_power": 2.0},
@@ -110,4 +110,4 @@ register(OptimizerSpec(
     "adamw_8bit", _bnb_adamw8bit, {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2},
     "Dettmers et al. 2022", "2 x 8-bit (m, v) + block scales; fp32 for tensors < 4096 elements",
     source="bitsandbytes", compile="bitsandbytes' update kernels cannot run on fake tensors (dynamo fails)",
-    state_bytes={"vector": 8, "other": 2}))
+    ema_keys=("betas",), state_bytes={"vector": 8, "other": 2}))
