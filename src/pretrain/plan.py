@@ -39,14 +39,9 @@ BUCKET_ELEMENTS = 500_000_000  # DeepSpeed's default reduce_bucket_size and allg
 
 def param_counts(model_config) -> dict:
     """Parameters per kind (param_groups.KINDS), the total and the largest layer, from a GPTConfig."""
-    c = model_config
-    d, L, V, f = c.d_model, c.n_layer, c.vocab_size, c.d_ff
-    kv = c.n_kv_head * c.head_dim
-    block_matrices = 2 * d * c.n_head * c.head_dim + 2 * d * kv + 3 * d * f
-    kinds = {"embedding": V * d, "head": 0 if c.tie_embeddings else V * d, "hidden": L * block_matrices,
-             "vector": L * 2 * d + d}
-    block = block_matrices + 2 * d
-    return {"kinds": kinds, "total": sum(kinds.values()), "largest_layer": max(V * d, block)}
+    kinds = model_config.params_by_kind()
+    return {"kinds": kinds, "total": sum(kinds.values()),
+            "largest_layer": max(kinds["embedding"], model_config.block_params())}
 
 
 def model_state_bytes(strategy: str, total: int, largest_layer: int, gpus: int, state: float) -> dict:
@@ -139,15 +134,15 @@ def plan_run(cfg, *, gpus: int, gpu: GPU | str, strategy: str, mfu: float = 0.4,
 
 
 def check_plan_inputs(cfg, gpus: int, mfu: float) -> None:
+    from .config import world_size_check
+
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
         raise ConfigError("gpus", f"must be a positive integer, got {gpus!r}")
     t = cfg.train
     if t.global_batch_size % gpus:
         raise ConfigError("gpus", f"{gpus} GPUs do not divide train.global_batch_size ({t.global_batch_size}); "
                           f"use a divisor of it")
-    if t.global_batch_size % (gpus * t.micro_batch_size):
-        raise ConfigError("train.micro_batch_size", f"global batch {t.global_batch_size} is not a multiple of "
-                          f"{gpus} GPUs x micro batch {t.micro_batch_size}")
+    world_size_check(cfg, gpus)  # the global batch splits into micro batches on every GPU
     check_number("mfu", mfu, lo=0.0, hi=1.0, lo_open=True)
 
 

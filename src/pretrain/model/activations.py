@@ -58,7 +58,7 @@ def activation_bytes(config, micro_batch: int, seq_len: int, *, dtype_bytes: int
     if checkpointing is None:
         checkpointing = bool(getattr(config, "activation_checkpointing", False))
     B, T, a = int(micro_batch), int(seq_len), int(dtype_bytes)
-    d, H, K, hd, f = config.d_model, config.n_head, config.n_kv_head, config.head_dim, config.d_ff
+    d, H, hd, f = config.d_model, config.n_head, config.head_dim, config.d_ff
     V, L = config.vocab_size, config.n_layer
     casts = autocast and a < 4
     R = 4 if casts or a == 4 else a
@@ -70,7 +70,7 @@ def activation_bytes(config, micro_batch: int, seq_len: int, *, dtype_bytes: int
 
     block = (2 * rmsnorm() + (n_q + n_m) * a * BT * d + 4 * a * B * H * T * hd + 4 * B * H * T
              + 4 * a * BT * f)
-    block_weights = a * (d * H * hd + 2 * d * K * hd + H * hd * d + 3 * d * f) if casts else 0
+    block_weights = a * (config.block_params() - 2 * d) if casts else 0  # the block's matrices (norm gains: fp32)
     head_weights = a * V * d if casts else 0
     embedding = 8 * BT + 2 * T * hd * R
     n_loss = B * (T - 1)

@@ -49,16 +49,21 @@ class GPTConfig(PretrainedConfig):
     def head_dim(self) -> int:
         return self.d_model // self.n_head
 
+    def block_params(self) -> int:
+        """Parameters of one Block: q/k/v/o and the SwiGLU matrices, two norm gains."""
+        d, kv = self.d_model, self.n_kv_head * self.head_dim
+        return 2 * d * self.n_head * self.head_dim + 2 * d * kv + 3 * d * self.d_ff + 2 * d
+
+    def params_by_kind(self) -> dict:
+        """Parameters per kind (optim.param_groups.KINDS: embedding, head (untied), hidden matrices, vectors)."""
+        d, L, V = self.d_model, self.n_layer, self.vocab_size
+        return {"embedding": V * d, "head": 0 if self.tie_embeddings else V * d,
+                "hidden": L * (self.block_params() - 2 * d), "vector": L * 2 * d + d}
+
     def num_params(self, embeddings: bool = True) -> int:
-        d, L, V, f = self.d_model, self.n_layer, self.vocab_size, self.d_ff
-        kv = self.n_kv_head * self.head_dim
-        per_layer = d * d * 2 + 2 * d * kv + 3 * d * f + 2 * d
-        n = L * per_layer + d
-        if embeddings:
-            n += V * d * (1 if self.tie_embeddings else 2)
-        elif not self.tie_embeddings:
-            n += V * d  # the untied head is a matmul, counted in FLOPs
-        return n
+        kinds = self.params_by_kind()
+        n = sum(kinds.values())
+        return n if embeddings else n - kinds["embedding"]  # an untied head is a matmul, counted in FLOPs
 
 
 class RMSNorm(nn.Module):
