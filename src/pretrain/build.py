@@ -10,9 +10,11 @@ from typing import Any, Callable
 import torch
 
 from . import checkpoint as ckpt
+from .batch_size import BatchSizes
 from .clipping import build_clip_policy
 from .config import RunConfig, build_run_schedule, launch_engine, optimizer_hparams, world_size_check
 from .errors import ConfigError
+from .noise_scale import NoiseScale
 from .step import LoopEngine
 
 
@@ -34,6 +36,21 @@ class Run:
     @property
     def protocol(self):
         return self.engine.protocol
+
+    def describe(self) -> str:
+        """The run in one line: parameters, processes, batch (and its ramp), optimizer, schedule."""
+        cfg, b = self.cfg, self.engine.batches
+        n = sum(p.numel() for p in self.accelerator.unwrap_model(self.model).parameters())
+        batch = f"accumulation {self.accum}, {cfg.train.tokens_per_step} tokens/step"
+        if b.auto:
+            batch += f" (ramp from {b.start} sequences following the noise scale)"
+        elif b.ramp_end():
+            batch += f" (ramp {b.start} -> {b.final} sequences by step {b.ramp_end()})"
+        if self.engine.noise is not None and self.accelerator.num_processes == 1 and self.accum == 1 and \
+                b.start == b.final:
+            batch += "; b_noise not measured (one process, one micro-batch per step: a single batch size)"
+        return (f"model: {n / 1e6:.2f}M parameters; world {self.accelerator.num_processes}, {batch}; optimizer "
+                f"{cfg.optim['name']}, schedule {cfg.schedule['name']}")
 
 
 def start_checkpoint(cfg: RunConfig) -> str | None:
@@ -78,12 +95,14 @@ def make_accelerator(cfg: RunConfig):
 def model_config(cfg: RunConfig, vocab_size: int, eos_id: int | None = None):
     """The GPTConfig of a recipe (`vocab_size` padded to a multiple of 64)."""
     from .model import GPTConfig
+    from .model.parametrization import model_kwargs
 
     m = cfg.model
     return GPTConfig(vocab_size=padded(vocab_size), d_model=m.d_model, n_layer=m.n_layer, n_head=m.n_head,
                      n_kv_head=m.n_kv_head, d_ff=m.d_ff, max_seq_len=cfg.train.seq_len, rope_theta=m.rope_theta,
                      norm_eps=m.norm_eps, tie_embeddings=m.tie_embeddings, init_std=m.init_std,
-                     activation_checkpointing=m.activation_checkpointing, bos_token_id=eos_id, eos_token_id=eos_id)
+                     activation_checkpointing=m.activation_checkpointing, bos_token_id=eos_id, eos_token_id=eos_id,
+                     **model_kwargs(cfg))  # scaling.parametrization: sp | mup | completep and the proxy's shape
 
 
 def build_model(cfg: RunConfig, vocab_size: int, eos_id: int):
@@ -154,7 +173,10 @@ def build_run(cfg: RunConfig, log=None) -> Run:
         from .optim import fast
         fast.enable_kernels()
     model = build_model(cfg, len(tokenizer), tokenizer.eos_token_id)
-    optimizer = build_optimizer(cfg.optim["name"], model, **optimizer_hparams(cfg))
+    from .model.parametrization import optimizer_params
+    hp = optimizer_hparams(cfg)
+    # SP: the model; muP / CompleteP: parameter groups with per-parameter lr, eps and weight-decay multipliers
+    optimizer = build_optimizer(cfg.optim["name"], optimizer_params(model, cfg.optim["name"], hp), **hp)
     schedule = build_run_schedule(cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
     is_ds = launch_engine() == "deepspeed"
@@ -166,8 +188,11 @@ def build_run(cfg: RunConfig, log=None) -> Run:
     t = cfg.train
     fwd_model = torch.compile(model) if t.compile else model
     clip = build_clip_policy(cfg.clip, accelerator.unwrap_model(model))
-    engine = LoopEngine(accelerator, model, fwd_model, optimizer, loader, accum=accum, seed=cfg.seed,
-                        tokens_per_step=t.tokens_per_step, clip=clip, is_deepspeed=is_ds)
+    batches = BatchSizes.from_config(t, accelerator.num_processes)
+    loader.batch_sizes = batches
+    noise = NoiseScale(t.noise_scale_ema) if t.noise_scale and launch_engine() == "ddp" else None
+    engine = LoopEngine(accelerator, model, fwd_model, optimizer, loader, batches=batches, seed=cfg.seed, clip=clip,
+                        is_deepspeed=is_ds, lr_rule=cfg.scaling.batch_lr_rule, noise=noise)
     model.train()
     engine.protocol.train_mode()
     return Run(cfg, accelerator, accum, tokenizer, loader, val, model, fwd_model, optimizer, schedule, engine, log)
@@ -181,6 +206,9 @@ def resume(run: Run, source: str | None) -> int:
     start = int(state["step"])
     run.schedule.load_state_dict(state.get("schedule", {}))
     run.engine.clip.load_state_dict(state.get("clip", {}))
+    run.engine.batches.load_state_dict(state.get("batch_sizes", {}))
+    if run.engine.noise is not None:
+        run.engine.noise.load_state_dict(state.get("noise_scale", {}))
     run.loader.load_state_dict(data_state, start)
     run.protocol.train_mode()  # checkpoints hold the optimizer in eval mode
     run.log(f"resumed from {source} at step {start}")
@@ -191,8 +219,10 @@ def resume(run: Run, source: str | None) -> int:
 
 def save(run: Run, step: int) -> str:
     """A resumable checkpoint at `step` (the optimizer in eval mode, as the model is evaluated)."""
-    state = {"step": step, "schedule": run.schedule.state_dict(), "clip": run.engine.clip.state_dict(),
-             "config": run.cfg.to_dict()}
+    engine = run.engine
+    state = {"step": step, "schedule": run.schedule.state_dict(), "clip": engine.clip.state_dict(),
+             "batch_sizes": engine.batches.state_dict(),
+             "noise_scale": engine.noise.state_dict() if engine.noise is not None else {}, "config": run.cfg.to_dict()}
     with run.protocol.evaluating():
         return ckpt.save_checkpoint(run.accelerator, run.model, run.cfg.run_dir, step, state,
                                     run.loader.state_dict(step), keep=run.cfg.train.keep_checkpoints)

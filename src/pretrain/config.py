@@ -70,6 +70,9 @@ class TrainConfig:
     init_from: Optional[str] = None  # a checkpoint directory to branch from (e.g. a WSD cooldown)
     progress: bool = True
     ignore_plan: bool = False  # on a GPU, launch even when the memory plan (pretrain.plan) says it does not fit
+    batch_ramp: typing.Any = None  # null | auto | {start, increment, tokens} (sequences; pretrain.batch_size)
+    noise_scale: bool = True  # log the gradient noise scale b_noise (pretrain.noise_scale; DDP / one process)
+    noise_scale_ema: float = 0.99  # its EMA decay per measured step
 
     @property
     def tokens_per_step(self) -> int:
@@ -95,6 +98,15 @@ class ClipConfig:
 class ScalingConfig:
     batch_lr_rule: str = "none"  # none | linear (Goyal et al. 2017) | sqrt (Malladi et al. 2022)
     base_batch_size: Optional[int] = None  # the global batch the recipe's lr was tuned at
+    # muP / CompleteP (src/pretrain/model/parametrization.py): the proxy the hyperparameters were tuned on
+    parametrization: str = "sp"  # sp | mup | completep
+    base_width: Optional[int] = None  # the proxy's d_model (mup, completep)
+    base_head_dim: Optional[int] = None  # null: base_width / model.n_head
+    base_d_ff: Optional[int] = None  # null: the proxy's default SwiGLU width (or model.d_ff scaled like the width)
+    base_depth: Optional[int] = None  # the proxy's n_layer (completep)
+    depth_alpha: float = 1.0  # completep: residual branches x (n_layer / base_depth)^-depth_alpha, in [0.5, 1]
+    input_multiplier: float = 1.0  # alpha_in: embedding output x this
+    output_multiplier: float = 1.0  # alpha_out: logits x this (/ width multiplier under mup, completep)
 
 
 @dataclass
@@ -141,6 +153,7 @@ CHOICES = {
     "train.compile_optimizer": ["auto", "always", "never"],
     "clip.policy": ["none", "norm", "value", "percentile", "zscore", "agc"],
     "scaling.batch_lr_rule": ["none", "linear", "sqrt"],
+    "scaling.parametrization": ["sp", "mup", "completep"],
     "hardware.strategy": [None, "ddp", "zero1", "zero2", "zero3", "fsdp"],
 }
 
@@ -232,13 +245,17 @@ def validate(cfg: RunConfig) -> RunConfig:
     check_number("clip.beta", c.beta, lo=0.0, hi=1.0, hi_open=True)
     check_range("clip.window", c.window, lo=0)
     check_range("clip.warmup_steps", c.warmup_steps, lo=0)
+    check_number("train.noise_scale_ema", t.noise_scale_ema, lo=0.0, hi=1.0, hi_open=True)
+    from .batch_size import check_ramp
+    check_ramp(t)
     if d.source == "text_files" and not d.paths:
         raise ConfigError("data.paths", "data.source=text_files needs data.paths (files, folders or globs)")
     if d.source == "text_files":
-        for p in d.paths:
-            import glob
-            if not glob.glob(os.path.expanduser(str(p))):
-                raise ConfigError("data.paths", f"no file or folder matches {p!r}")
+        from .data.corpus import local_files
+        local_files(d.paths)  # each path matches text files: not binary, not empty
+    if (d.val_docs if d.source == "hub" else d.val_fraction) == 0:
+        t.eval_every = 0  # no validation set: nothing to evaluate (build_data logs it)
+    check_range("data.val_docs", d.val_docs, lo=0)
     if d.source == "hub" and not d.hub_name:
         raise ConfigError("data.hub_name", "data.source=hub needs data.hub_name (e.g. HuggingFaceFW/fineweb-edu)")
     if t.global_batch_size % t.micro_batch_size:
@@ -251,6 +268,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.resume not in ("none", "auto") and not os.path.isdir(os.path.expanduser(cfg.resume)):
         raise ConfigError("resume", f"{cfg.resume!r} is neither 'none', 'auto' nor an existing checkpoint directory")
 
+    resolve_warmup(cfg)
     for section, spec_fn, check in (("optim", optim_spec, validate_hparams), ("schedule", sched_spec, validate_kwargs)):
         block = dict(getattr(cfg, section))
         if "name" not in block:
@@ -258,6 +276,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         name = block.pop("name")
         spec_fn(name)
         check(name, block)
+    from .model.parametrization import check_config as check_parametrization
+    check_parametrization(cfg)  # scaling.parametrization against the model and the optimizer's muP rule
     spec = optim_spec(cfg.optim["name"])
     if t.compile_optimizer == "always" and not spec.compilable:
         raise ConfigError("train.compile_optimizer", f"the step of {spec.name!r} cannot be compiled: "
@@ -267,9 +287,19 @@ def validate(cfg: RunConfig) -> RunConfig:
         gpu_named(cfg.hardware.gpu, "hardware.gpu")
     if cfg.hardware.gpus is not None:
         check_range("hardware.gpus", cfg.hardware.gpus, lo=1)
+    check_finite(cfg.to_dict())
     check_engine(cfg, launch_engine())
     build_run_schedule(cfg)  # range checks that need the run length (warmup, decay, MPL file)
     return cfg
+
+
+def check_finite(value, key: str = "") -> None:
+    """ConfigError naming the first NaN or infinite number anywhere in the config (lists included)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(key, f"must be a finite number, got {value!r}")
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        check_finite(v, f"{key}.{k}" if isinstance(k, str) and key else f"{key}[{k}]" if key else str(k))
 
 
 def launch_engine() -> str:
@@ -298,6 +328,13 @@ def check_engine(cfg: RunConfig, engine: str) -> None:
         raise ConfigError("clip.policy", "agc needs whole parameters (unit-wise norms), which FSDP shards; use "
                           "percentile, zscore, norm or value, or DDP", ["none", "norm", "value", "percentile",
                                                                         "zscore"], got="agc")
+    if engine == "deepspeed" and cfg.train.batch_ramp is not None:
+        raise ConfigError("train.batch_ramp", "DeepSpeed fixes the batch (its gradient accumulation) when its engine "
+                          "is built; use DDP or FSDP for a batch-size ramp, or batch_ramp=null", ["null"])
+    if engine != "ddp" and cfg.train.batch_ramp is not None and (
+            cfg.train.batch_ramp == "auto" or cfg.train.batch_ramp.get("tokens") == "auto"):
+        raise ConfigError("train.batch_ramp", f"auto follows the gradient noise scale, which is measured under DDP "
+                          f"(or one process) only, not under {engine}; use a linear ramp (start, increment, tokens)")
     if engine == "deepspeed" and sched_spec(cfg.schedule["name"]).controller:
         raise ConfigError("schedule.name", f"{cfg.schedule['name']} restores model and optimizer snapshots, which "
                           "the DeepSpeed engine does not support here; use DDP or FSDP")
@@ -346,6 +383,23 @@ def build_run_schedule(cfg: RunConfig):
                           **schedule_kwargs(cfg))
 
 
+def resolve_warmup(cfg: RunConfig) -> None:
+    """`schedule.warmup_fraction` (f, in [0, 1]) becomes `schedule.warmup_steps` = round(f x train.steps), so a
+    recipe that states its warmup as a fraction stays valid when the run is shortened (`train.steps=20`); the
+    fraction is dropped and the config holds (and config.yaml records) the steps. `load_config` drops the fraction
+    first where the command line sets `schedule.warmup_steps` (the user's word over the recipe's). A schedule
+    without a `warmup_steps` keyword (one_cycle: pct_start) ignores a recipe's fraction."""
+    from .schedules import SCHEDULES
+
+    fraction = cfg.schedule.pop("warmup_fraction", None)
+    if fraction is None:
+        return
+    check_number("schedule.warmup_fraction", fraction, lo=0.0, hi=1.0)
+    spec = SCHEDULES.get(cfg.schedule.get("name"))  # an unknown name is reported by validate
+    if spec is not None and "warmup_steps" in spec.defaults:
+        cfg.schedule["warmup_steps"] = int(round(fraction * cfg.train.steps))
+
+
 def schedule_kwargs(cfg: RunConfig) -> dict:
     """The schedule's keywords, with the ones a recipe leaves null filled from the run (tokens per step, batch)."""
     from .schedules import SCHEDULES
@@ -370,17 +424,78 @@ def world_size_check(cfg: RunConfig, world: int) -> int:
 
 
 _OVERRIDE_KEY = re.compile(r"Could not override '([^']+)'")
+GROUPS = ("recipe", "model", "data", "optim", "schedule")  # config groups: recipes/<group>/<name>.yaml
+
+
+def group_names(group: str) -> list[str]:
+    """The choices of a config group: the YAML files in recipes/<group>/."""
+    return sorted(f[:-5] for f in os.listdir(os.path.join(RECIPES_DIR, group)) if f.endswith(".yaml"))
+
+
+def parse_overrides(overrides: list[str]) -> list:
+    """Hydra's parse of the command line (its `Override` objects); ConfigError where Hydra cannot parse an
+    override or where it asks for more than one recipe: a group value that is not a file of the group
+    (`recipe=../x`, a path), a sweep (`optim.lr=1e-3,3e-3`), a `hydra.*` setting (train.py composes recipes
+    but does not run Hydra's app, so those would be ignored), a package override (`group@pkg=name`)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser, parsed = OverridesParser.create(), []
+    for text in overrides:
+        if text.startswith("-"):
+            raise ConfigError("command line", f"unknown option {text!r} (see python train.py --help)",
+                              ["--help", "--cfg job", "key=value"])
+        try:
+            (o,) = parser.parse_overrides([text])
+        except HydraException as e:
+            raise ConfigError("command line", f"cannot parse {text!r} ({str(e).splitlines()[0]}); an override is "
+                              "key=value in Hydra's syntax, e.g. optim.lr=3e-4 optim.betas=[0.9,0.95]") from None
+        key = o.key_or_group
+        if re.split(r"[./]", key)[0] == "hydra":
+            raise ConfigError(key, "train.py does not run Hydra's app, so hydra.* settings would be ignored: a run "
+                              "writes to run_dir and its config to run_dir/config.yaml; drop the override")
+        if o.is_sweep_override():
+            raise ConfigError(key, f"{text!r} is a sweep; train.py runs one configuration: give one value")
+        if o.package is not None or "/" in key:
+            raise ConfigError(key, "not a config group or key; pick a group's file with group=name", GROUPS)
+        if key in GROUPS:
+            if o.is_delete():
+                raise ConfigError(key, "a config group cannot be removed; pick one of its files", group_names(key))
+            value = o.value()
+            if not isinstance(value, str) or value not in group_names(key):
+                raise ConfigError(key, f"no recipe file {key}/{value}.yaml (names of files in recipes/{key}/, "
+                                  "no paths)", group_names(key), got=value)
+        parsed.append(o)
+    return parsed
+
+
+def _yaml_error(e) -> ConfigError:
+    """One line for a recipe file PyYAML cannot read: the file, the line, and the problem."""
+    mark = getattr(e, "problem_mark", None)
+    where = ("recipes/" + os.path.relpath(mark.name, RECIPES_DIR)) if mark is not None else "recipes"
+    line = f"line {mark.line + 1}: " if mark is not None else ""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    tag = re.search(r"tag '(?:tag:yaml\.org,2002:)?([^']+)'", problem)
+    if tag:
+        bang = "!!" if "tag:yaml.org,2002:" in problem else ""
+        return ConfigError(where, f"{line}YAML tag {bang}{tag.group(1)} refused: recipes are plain data (no tags "
+                           "that build Python objects)")
+    return ConfigError(where, f"{line}malformed YAML: {problem}")
 
 
 def compose(overrides: list[str]) -> dict:
     """Hydra composition of recipes/train.yaml with command-line overrides, as a plain dict."""
+    import yaml
     from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.errors import ConfigCompositionException, MissingConfigException
+    from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     try:
         with initialize_config_dir(config_dir=RECIPES_DIR, version_base=None):
             cfg = hydra_compose("train", overrides=list(overrides))
+    except yaml.YAMLError as e:
+        raise _yaml_error(e) from None
     except MissingConfigException as e:
         group = next((g for g in ("recipe", "optim", "schedule", "model", "data") if f"'{g}/" in str(e)
                       or f"{g}:" in str(e) or f"in {g}" in str(e)), None)
@@ -404,12 +519,32 @@ def compose(overrides: list[str]) -> dict:
             allowed = sorted(node) if isinstance(node, dict) else []
             raise ConfigError(key, "unknown key", allowed, got=leaf) from None
         raise ConfigError("overrides", text.strip()) from None
-    return OmegaConf.to_container(cfg, resolve=True)
+    except HydraException as e:  # e.g. a recipe file that is not a mapping
+        raise ConfigError("recipes", " ".join(str(e).split())) from None
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:  # an interpolation that does not resolve
+        raise ConfigError(getattr(e, "full_key", None) or "overrides", str(e).splitlines()[0]) from None
 
 
 def load_config(overrides: list[str] = ()) -> RunConfig:
+    """The validated config of recipes/train.yaml + command-line overrides (`parse_overrides` checks them
+    first). An explicit `schedule.warmup_steps` wins over a recipe's `schedule.warmup_fraction`."""
+    given = {o.key_or_group.lstrip("+~") for o in parse_overrides(list(overrides)) if not o.is_delete()}
     raw = compose(list(overrides))
     raw.pop("hydra", None)
+    sched = raw.get("schedule")
+    if isinstance(sched, dict) and "schedule.warmup_steps" in given:
+        if "schedule.warmup_fraction" in given and sched.get("warmup_fraction") is not None:
+            raise ConfigError("schedule.warmup_fraction", "give schedule.warmup_steps or schedule.warmup_fraction, "
+                              "not both")
+        sched["warmup_fraction"] = None  # the user's steps over the recipe's fraction
+    elif isinstance(sched, dict) and "schedule.warmup_fraction" in given and sched.get("warmup_fraction") is not None:
+        from .schedules import SCHEDULES
+        spec = SCHEDULES.get(sched.get("name"))
+        if spec is not None and "warmup_steps" not in spec.defaults:
+            raise ConfigError("schedule.warmup_fraction", f"schedule {spec.name!r} has no warmup to size",
+                              sorted(spec.defaults))
     return validate(_build(RunConfig, raw, ""))
 
 

@@ -1,8 +1,10 @@
 """Export a trained GPT to a standard transformers `LlamaForCausalLM` directory.
 
-Our blocks are Llama's, so the weights map one to one; forward multipliers are folded into weights:
-embedding multiplier into the input embedding, logit multiplier into the head (untying when needed),
-a non-default attention scale s into q_proj (scores q.k*s == (q*s*sqrt(d_head)).k/sqrt(d_head); RoPE is linear).
+Our blocks are Llama's, so the weights map one to one; forward multipliers (parametrization.py) are folded into
+weights: embedding multiplier into the input embedding, the readout multiplier (muP: logit_multiplier / width
+multiplier) into the head (untying when needed), a non-default attention scale s into q_proj (scores q.k*s ==
+(q*s*sqrt(d_head)).k/sqrt(d_head); RoPE is linear), CompleteP's residual-branch multiplier into o_proj and down_proj
+(each branch ends in that linear map).
 """
 from __future__ import annotations
 
@@ -17,11 +19,17 @@ from .gpt import GPT
 def to_llama(model: GPT, state_dict: dict | None = None) -> LlamaForCausalLM:
     c = model.config
     sd = {k: v.detach().float().clone() for k, v in (state_dict or model.state_dict()).items()}
-    tie = c.tie_embeddings and c.embed_multiplier == 1.0 and c.logit_multiplier == 1.0
+    readout = parametrization.readout_multiplier(c)
+    tie = c.tie_embeddings and c.embed_multiplier == 1.0 and readout == 1.0
     emb = sd["model.embed_tokens.weight"]
     head = emb.clone() if c.tie_embeddings else sd["lm_head.weight"]
     sd["model.embed_tokens.weight"] = emb * c.embed_multiplier
-    sd["lm_head.weight"] = head * c.logit_multiplier
+    sd["lm_head.weight"] = head * readout
+    residual = parametrization.residual_multiplier(c)
+    if residual != 1.0:
+        for k in sd:
+            if k.endswith(("self_attn.o_proj.weight", "mlp.down_proj.weight")):
+                sd[k] = sd[k] * residual
     q_fold = parametrization.attn_scale(c) * math.sqrt(c.head_dim)
     if q_fold != 1.0:
         for k in sd:

@@ -23,7 +23,8 @@ class GPTConfig(PretrainedConfig):
     def __init__(self, vocab_size=4096, d_model=128, n_layer=4, n_head=4, n_kv_head=None, d_ff=None,
                  max_seq_len=256, rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True, init_std=0.02,
                  attn_scale=None, embed_multiplier=1.0, logit_multiplier=1.0, bos_token_id=None, eos_token_id=None,
-                 activation_checkpointing=False, **kwargs):
+                 activation_checkpointing=False, parametrization="sp", base_width=None, base_head_dim=None,
+                 base_d_ff=None, base_depth=None, depth_alpha=1.0, **kwargs):
         self.vocab_size = vocab_size
         self.d_model = d_model
         self.n_layer = n_layer
@@ -39,6 +40,13 @@ class GPTConfig(PretrainedConfig):
         self.attn_scale = attn_scale
         self.embed_multiplier = embed_multiplier
         self.logit_multiplier = logit_multiplier
+        # sp | mup | completep and the proxy's shape (parametrization.py: inits, multipliers, per-parameter lr)
+        self.parametrization = parametrization
+        self.base_width = base_width
+        self.base_head_dim = base_head_dim
+        self.base_d_ff = base_d_ff
+        self.base_depth = base_depth
+        self.depth_alpha = depth_alpha
         # recompute each Block in backward (training only); a runtime choice: numerics and export are unchanged
         self.activation_checkpointing = activation_checkpointing
         kwargs.pop("tie_word_embeddings", None)
@@ -137,10 +145,15 @@ class Block(nn.Module):
         self.self_attn = Attention(config)
         self.post_attention_layernorm = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = MLP(config)
+        self.residual_multiplier = parametrization.residual_multiplier(config)  # CompleteP: (L / L_base)^-alpha
 
     def forward(self, x, cos, sin):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        r = self.residual_multiplier
+        if r == 1.0:
+            x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+            return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + r * self.self_attn(self.input_layernorm(x), cos, sin)
+        return x + r * self.mlp(self.post_attention_layernorm(x))
 
 
 class GPTBody(nn.Module):
@@ -205,8 +218,9 @@ class GPT(PreTrainedModel):
             x = checkpoint(block, x, cos, sin, use_reentrant=False) if recompute else block(x, cos, sin)
         x = self.model.norm(x)
         logits = self.lm_head(x)
-        if c.logit_multiplier != 1.0:
-            logits = logits * c.logit_multiplier
+        readout = parametrization.readout_multiplier(c)  # muP: logit_multiplier / (d_model / base_width)
+        if readout != 1.0:
+            logits = logits * readout
         loss = None
         if labels is not None:  # transformers convention: labels == input_ids, shifted here
             loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)),

@@ -146,4 +146,4 @@ register(OptimizerSpec.of_class(
     notes="first call only initializes v; normalized gradient clipped to step**clip_exponent (0.25; null disables "
           "the clip, which can diverge early); decoupled weight decay; a linear warmup is advised",
     compile="pays",  # step time / fused AdamW, eager -> compiled (CPU): 5.49 -> 0.99
-    ema_keys=("betas",), state_bytes=8))
+    ema_keys=("betas",), state_bytes=8, mup="adam"))

@@ -80,4 +80,4 @@ register(OptimizerSpec.of_class(
     "Chen et al. 2023 (arXiv 2302.06675)", "1 fp32 (exp_avg)", source="here",
     notes="decoupled weight decay; use lr 3-10x smaller and weight decay 3-10x larger than AdamW's",
     compile="pays",  # step time / fused AdamW, eager -> compiled (CPU): 2.98 -> 0.73
-    state_bytes=4))
+    state_bytes=4, mup="adam"))

@@ -70,6 +70,12 @@ class MuonWithAdamW(torch.optim.Optimizer):
         pass
 
 
+def _mup_rule(hp):  # muP's "muon" rule; its docstring is the refusal's reason
+    """the muP rule needs adjust_lr_fn="original" (the update's spectral norm scaled by sqrt(max(1, rows/cols)),
+    which keeps the hidden lr width-invariant)"""
+    return "muon" if hp["adjust_lr_fn"] == "original" else None
+
+
 register(OptimizerSpec.of_class(
     "muon", MuonWithAdamW,
     "Jordan et al. 2024 (Muon); torch.optim.Muon", "1 fp32 (momentum) on matrices; 2 fp32 (AdamW) elsewhere",
@@ -78,4 +84,5 @@ register(OptimizerSpec.of_class(
     # compiled step not measured: Newton-Schulz matmuls dominate (127x eager on 1 CPU thread); compiled results
     # differ from eager at bf16 rounding (1e-2 relative)
     compile="no_gain",
-    state_bytes={"hidden": 4, "other": 8}))
+    state_bytes={"hidden": 4, "other": 8},
+    mup=_mup_rule))

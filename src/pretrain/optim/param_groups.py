@@ -6,6 +6,9 @@ Each trainable parameter falls in exactly one kind:
   hidden     every other matrix (ndim >= 2)              (Muon's parameters; muP scales their lr)
   vector     biases and norm gains (ndim < 2)            (never weight decay)
 A group is (kind, decayed?) and carries `kind`, `lr_mult`, `lr` (= base lr * lr_mult) and `weight_decay`.
+Per-parameter `overrides` (muP / CompleteP, from `model/parametrization.py`) split the groups further: parameters
+with the same kind, decay and overrides share a group; `lr_mult` multiplies the kind's multiplier, `wd_mult` the
+weight decay, any other key (e.g. `eps`) is set on the group as given.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ def classify(model: nn.Module) -> dict[str, str]:
 
 
 def build_param_groups(model_or_params, *, lr, weight_decay: float, lr_multipliers: dict | None = None,
-                       decay_embeddings: bool = False) -> list[dict]:
+                       decay_embeddings: bool = False, overrides: dict[str, dict] | None = None) -> list[dict]:
     """Parameter groups for a module, or pass-through groups for plain parameters / group dicts."""
     lr_multipliers = dict(lr_multipliers or {})
     for k in lr_multipliers:
@@ -59,14 +62,18 @@ def build_param_groups(model_or_params, *, lr, weight_decay: float, lr_multiplie
 
     kinds = classify(model_or_params)
     params = dict(model_or_params.named_parameters())
-    buckets: dict[tuple[str, bool], list] = {}
+    overrides = overrides or {}
+    buckets: dict[tuple, list] = {}
     for name, kind in kinds.items():
         decay = kind in ("hidden", "head") or (kind == "embedding" and decay_embeddings)
-        buckets.setdefault((kind, decay), []).append(params[name])
+        extra = tuple(sorted(overrides.get(name, {}).items()))
+        buckets.setdefault((kind, decay, extra), []).append(params[name])
     groups = []
-    for (kind, decay), ps in buckets.items():
-        mult = float(lr_multipliers.get(kind, 1.0))
-        g = {"params": ps, "kind": kind, "lr_mult": mult, "weight_decay": weight_decay if decay else 0.0}
+    for (kind, decay, extra), ps in buckets.items():
+        extra = dict(extra)
+        mult = float(lr_multipliers.get(kind, 1.0)) * float(extra.pop("lr_mult", 1.0))
+        wd = weight_decay * float(extra.pop("wd_mult", 1.0)) if decay else 0.0
+        g = {"params": ps, "kind": kind, "lr_mult": mult, "weight_decay": wd, **extra}
         if lr is not None:
             g["lr"] = lr * mult
         groups.append(g)

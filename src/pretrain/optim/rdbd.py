@@ -237,4 +237,5 @@ register(OptimizerSpec.of_class(
           "base=sgd|momentum|adam (betas, eps: base=adam only; momentum: base=momentum only); p -= lr*a*u; "
           "decoupled weight decay; kappa, phi, a_min, a_max are this project's choices",
     compile="pays",  # step time / fused AdamW, eager -> compiled (CPU): 31.0 -> 1.66
-    state_bytes=lambda hp: 12 + {"adam": 8, "momentum": 4, "sgd": 0}[hp["base"]]))
+    state_bytes=lambda hp: 12 + {"adam": 8, "momentum": 4, "sgd": 0}[hp["base"]],
+    mup=lambda hp: {"adam": "adam", "momentum": "sgd", "sgd": "sgd"}[hp["base"]]))  # the base's rule

@@ -78,6 +78,11 @@ class OptimizerSpec:
     # hyperparameters that are EMA decay rates (a number or a pair): the square-root batch rule
     # (scaling.batch_lr_rule=sqrt, Malladi et al. 2022) also sets 1 - beta' = k (1 - beta) and eps' = eps / sqrt(k)
     ema_keys: tuple[str, ...] = ()
+    # the muP / CompleteP per-parameter rule this optimizer gets (scaling.parametrization; model/parametrization.py):
+    # "adam" (Adam family: lr ~ 1/fan_in for hidden matrices), "sgd" (SGD family: MuSGD's rule), "muon" (Muon on
+    # the hidden matrices, AdamW elsewhere), a function of the hyperparameters giving one of them or None, or None:
+    # no rule is defined, and scaling.parametrization=mup|completep is refused for it
+    mup: Any = None
 
     @classmethod
     def of_class(cls, name: str, opt_cls, paper: str, state: str, **kw) -> "OptimizerSpec":

@@ -199,4 +199,4 @@ register(OptimizerSpec.of_class(
           "null); decoupled weight decay; GPT-2 small in the paper: lr 6e-4, rho 0.05, weight_decay 0.2",
     needs=Needs(hessian_loss=gnb_sampled_loss, tokens_per_step=("bs",)),
     compile="pays",  # step time / fused AdamW, eager -> compiled (CPU): 9.26 -> 0.96
-    state_bytes=8))
+    state_bytes=8, mup="adam"))
