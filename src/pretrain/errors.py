@@ -1,10 +1,22 @@
-"""The one error type for bad user input (recipes, hyperparameters, files)."""
+"""The one error type for bad user input (recipes, hyperparameters, files), and train.py's exit codes.
+
+Exit codes of `train.py` (and `accelerate launch train.py`), what `launch/slurm.sh` acts on:
+  0  EXIT_OK         the run finished (or `--help` / `--cfg job` printed what was asked)
+  2  EXIT_BAD_INPUT  bad input: one line `config error: <field>: <what is wrong>` on stderr, nothing run,
+                     nothing in the run directory touched
+  75 EXIT_PREEMPTED  stopped by a signal (SIGTERM, SIGUSR1, SIGINT) at a step boundary after saving a checkpoint;
+                     `resume=auto` continues it exactly (75 is sysexits' EX_TEMPFAIL: "try again later")
+"""
 from __future__ import annotations
 
 import difflib
 import math
 from numbers import Real
 from typing import Iterable
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+EXIT_PREEMPTED = 75
 
 
 class ConfigError(ValueError):

@@ -2,7 +2,10 @@
 
 - `stdlib`: the embedded default: this Python's own standard-library `.py` sources, read at run time from
   the machine (tests and site-packages excluded), never committed. Needs no download.
-- `text_files`: local text files (paths or globs); one document per file.
+- `text_files`: local text files (paths, folders or globs); one document per file. `local_files` refuses, in
+  one line naming the path, a path that matches nothing, a file that is not UTF-8 text (a NUL byte or invalid
+  UTF-8 in its first 64 KiB; past that, the tokenization pass names the problem) and an empty file named
+  directly; empty files found through a folder or glob are skipped, and a corpus with no text left is refused.
 - `hub`: a hub dataset (e.g. HuggingFaceFW/fineweb-edu), streamed.
 """
 from __future__ import annotations
@@ -22,19 +25,60 @@ def stdlib_files() -> list[str]:
     return [f for f in files if not any(part in skip for part in os.path.relpath(f, root).split(os.sep)[:-1])]
 
 
+HEAD_BYTES = 64 * 1024  # how much of each file is checked before anything is tokenized
+
+
+def binary_problem(head: bytes) -> str | None:
+    """Why the first bytes of a file are not UTF-8 text (None: they are)."""
+    import codecs
+
+    if b"\0" in head:
+        return f"is a binary file, not text (a NUL byte at offset {head.index(0)})"
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < HEAD_BYTES)
+    except UnicodeDecodeError as e:
+        return f"is not UTF-8 text (byte 0x{head[e.start]:02x} at offset {e.start})"
+    return None
+
+
+def _decodes(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            while f.read(1 << 20):
+                pass
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
 def local_files(paths) -> list[str]:
+    """The files of `data.paths` (each a file, a folder: every file below it, or a glob: `**` recursive); a
+    ConfigError names the path that matches nothing, the file that is binary and the file named directly that is
+    empty. Empty files under a folder or glob are skipped (a folder of sources has empty `__init__.py` files)."""
     files = []
     for p in paths:
         p = os.path.expanduser(str(p))
-        if os.path.isdir(p):
-            files += sorted(f for f in glob.glob(os.path.join(p, "**", "*"), recursive=True) if os.path.isfile(f))
+        if os.path.isfile(p):
+            found, direct = [p], True
         else:
-            matched = sorted(glob.glob(p))
-            if not matched:
-                raise ConfigError("data.paths", f"no file matches {p!r}")
-            files += matched
+            pattern = os.path.join(p, "**", "*") if os.path.isdir(p) else p
+            found, direct = sorted(f for f in glob.glob(pattern, recursive=True) if os.path.isfile(f)), False
+            if not found:
+                raise ConfigError("data.paths", f"folder {p!r} holds no files" if os.path.isdir(p)
+                                  else f"no file or folder matches {p!r}")
+        for f in found:
+            with open(f, "rb") as fh:
+                head = fh.read(HEAD_BYTES)
+            if not head.strip():
+                if direct:
+                    raise ConfigError("data.paths", f"{f} is empty" + (" (only whitespace)" if head else ""))
+                continue
+            problem = binary_problem(head)
+            if problem:
+                raise ConfigError("data.paths", f"{f} {problem}; data.paths takes UTF-8 text files")
+            files.append(f)
     if not files:
-        raise ConfigError("data.paths", "no input files given; set data.paths to files, folders or globs")
+        raise ConfigError("data.paths", f"no text in {', '.join(map(str, paths))}: every file is empty")
     return files
 
 
@@ -67,9 +111,15 @@ def load_documents(data_cfg):
     datasets.disable_progress_bars()
     if data_cfg.source in ("stdlib", "text_files"):
         files = files_for(data_cfg)
-        ds = datasets.load_dataset("text", data_files={"train": files}, sample_by="document", split="train",
-                                   cache_dir=os.path.join(os.path.expanduser(data_cfg.cache_dir), "hf_datasets"))
-        return ds
+        try:
+            return datasets.load_dataset("text", data_files={"train": files}, sample_by="document", split="train",
+                                         cache_dir=os.path.join(os.path.expanduser(data_cfg.cache_dir), "hf_datasets"))
+        except Exception as e:  # datasets wraps a decoding error past the checked head of a file
+            if not isinstance(e.__cause__ or e, UnicodeDecodeError):
+                raise
+            bad = next((f for f in files if not _decodes(f)), "a file")
+            raise ConfigError("data.paths", f"{bad} is not UTF-8 text (past its first {HEAD_BYTES // 1024} KiB: "
+                              f"{(e.__cause__ or e).reason}); data.paths takes UTF-8 text files") from None
     if data_cfg.source == "hub":
         ds = datasets.load_dataset(data_cfg.hub_name, name=data_cfg.hub_config, split=data_cfg.split,
                                    streaming=True)

@@ -2,7 +2,8 @@
 
 `PackedLoader` (file-backed corpora): the train stream is cut into `seq_len` blocks, visited in a seeded
 permutation per epoch. Global batch `step` covers sequences [step*G, (step+1)*G) of that infinite order;
-rank r, micro-batch i reads G/world consecutive ones at offset r*G/world + i*micro. The position is a pure
+rank r, micro-batch i reads G/world consecutive ones at offset r*G/world + i*micro. Under a batch-size ramp
+(`batch_size.BatchSizes`) step s covers [consumed(s), consumed(s) + size(s)) the same way. The position is a pure
 function of the step, so resuming at step s reads exactly what an uninterrupted run would, and a 2-process
 run sees the same global batch as a 1-process run with twice the accumulation.
 
@@ -25,6 +26,7 @@ class PackedLoader:
                              f"({global_batch}); use more data (data.max_bytes) or a smaller train.global_batch_size")
         self.G, self.mb, self.rank, self.world, self.seed = global_batch, micro_batch, rank, world, seed
         self._perm_epoch, self._perm = -1, None
+        self.batch_sizes = None  # a batch_size.BatchSizes when the batch size changes during the run
 
     def _perm_for(self, epoch: int) -> np.ndarray:
         if epoch != self._perm_epoch:
@@ -38,15 +40,23 @@ class PackedLoader:
         return self.tokens[b * self.seq_len:(b + 1) * self.seq_len]
 
     def micro_batch(self, step: int, micro: int) -> torch.Tensor:
-        start = step * self.G + self.rank * (self.G // self.world) + micro * self.mb
+        if self.batch_sizes is None:
+            start = step * self.G + self.rank * (self.G // self.world) + micro * self.mb
+        else:  # a batch-size ramp: global batch `step` has size(step) sequences, after consumed(step)
+            size = self.batch_sizes.size(step)
+            start = self.batch_sizes.consumed(step) + self.rank * (size // self.world) + micro * self.mb
         rows = [np.asarray(self.sequence(k), dtype=np.int64) for k in range(start, start + self.mb)]
         return torch.from_numpy(np.stack(rows))
 
+    def _consumed(self, step: int) -> int:
+        return step * self.G if self.batch_sizes is None else self.batch_sizes.consumed(step)
+
     def epoch_of(self, step: int) -> float:
-        return step * self.G / self.n_blocks
+        return self._consumed(step) / self.n_blocks
 
     def state_dict(self, step: int) -> dict:
-        return {"kind": "packed", "sequences_consumed": step * self.G, "n_blocks": self.n_blocks, "seed": self.seed}
+        return {"kind": "packed", "sequences_consumed": self._consumed(step), "n_blocks": self.n_blocks,
+                "seed": self.seed}
 
     def load_state_dict(self, state: dict, step: int) -> None:
         if state.get("n_blocks") != self.n_blocks or state.get("seed") != self.seed:

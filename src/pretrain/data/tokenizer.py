@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
 EOS = "<|endoftext|>"
 
 
@@ -25,6 +23,8 @@ def train_bpe(texts, vocab_size: int, path: str) -> None:
 
 def load_tokenizer(data_cfg, documents=None, fingerprint: str = ""):
     """Return a `PreTrainedTokenizerFast` with an EOS token."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast  # here: `import pretrain.data` stays light
+
     if data_cfg.tokenizer != "bpe":
         tok = AutoTokenizer.from_pretrained(data_cfg.tokenizer)
         if tok.eos_token is None:
