@@ -1,18 +1,11 @@
-"""Data: packing with EOS, per-rank disjoint batches, deterministic order, validation split by documents, and the
-streaming loader (hub path) exercised on local files through datasets' streaming mode."""
+"""Data: packing with EOS, per-rank disjoint batches, deterministic order, and the streaming loader (hub path)
+exercised on local files through datasets' streaming mode. The validation split (by tokens) and unusable corpora:
+tests/test_data_edges.py."""
 import numpy as np
 import pytest
 import torch
 
 from pretrain.data.loader import PackedLoader, StreamingLoader, val_batches
-from pretrain.data.packing import split_documents
-
-
-def test_split_is_by_documents_and_seeded():
-    tr, va = split_documents(100, 0.1, seed=3)
-    assert len(va) == 10 and len(tr) == 90 and not set(tr) & set(va)
-    assert np.array_equal(split_documents(100, 0.1, seed=3)[1], va)
-    assert not np.array_equal(split_documents(100, 0.1, seed=4)[1], va)
 
 
 def test_ranks_read_disjoint_sequences_that_together_form_the_global_batch():

@@ -251,8 +251,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     if d.source == "text_files" and not d.paths:
         raise ConfigError("data.paths", "data.source=text_files needs data.paths (files, folders or globs)")
     if d.source == "text_files":
-        from .data.corpus import local_files
+        from .data.corpus import check_size, local_files
         local_files(d.paths)  # each path matches text files: not binary, not empty
+        check_size(d, t)  # at least one global batch of tokens is possible
     if (d.val_docs if d.source == "hub" else d.val_fraction) == 0:
         t.eval_every = 0  # no validation set: nothing to evaluate (build_data logs it)
     check_range("data.val_docs", d.val_docs, lo=0)

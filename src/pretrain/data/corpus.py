@@ -96,6 +96,25 @@ def files_for(data_cfg) -> list[str]:
     return files
 
 
+def check_size(data_cfg, train_cfg) -> None:
+    """ConfigError, before anything is tokenized, for a `text_files` corpus certainly smaller than one global batch:
+    a byte-level BPE token is at least one byte, so B bytes in D documents give at most B + D tokens (with EOS),
+    (1 - val_fraction) of them (+ 1/2, the rounding) for training. Closer cases are caught after tokenization
+    (`data.check_sizes`)."""
+    if data_cfg.source != "text_files" or data_cfg.tokenizer != "bpe":
+        return
+    files = files_for(data_cfg)
+    size = sum(os.path.getsize(f) for f in files)
+    most = int((size + len(files)) * (1 - data_cfg.val_fraction) + 0.5)
+    need = train_cfg.global_batch_size * train_cfg.seq_len
+    if most < need:
+        raise ConfigError("data.paths", f"{', '.join(map(str, data_cfg.paths))} holds {size} bytes in {len(files)} "
+                          f"file(s), at most {most} training tokens, fewer than one global batch "
+                          f"(train.global_batch_size x train.seq_len = {train_cfg.global_batch_size} x "
+                          f"{train_cfg.seq_len} = {need}); add text, or lower train.global_batch_size or "
+                          "train.seq_len")
+
+
 def fingerprint(files: list[str]) -> str:
     h = hashlib.sha256()
     for f in files:
