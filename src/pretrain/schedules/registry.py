@@ -33,11 +33,38 @@ class Schedule:
         """The multiplier on each parameter group's base lr."""
         return self(step) / self.peak_lr if self.peak_lr > 0 else 0.0
 
+    def group_factors(self, step: int, groups: list[dict]) -> list[float] | None:
+        """One multiplier per parameter group (a per-group schedule, e.g. `learned`), or None: every group gets
+        factor(step). Such a schedule's factor(step) returns a `StepFactor`, which the step's `set_lr` asks."""
+        return None
+
     def state_dict(self) -> dict:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+class StepFactor(float):
+    """factor(step) of a per-group schedule: the float the loop logs and passes on, carrying the schedule and
+    step so that `step.set_lr` can ask `schedule.group_factors(step, groups)`; multiplying it by a number (a
+    batch-size rule's factor) scales every group's factor alike and keeps it a StepFactor."""
+
+    def __new__(cls, value: float, schedule: Schedule, step: int, scale: float = 1.0):
+        obj = super().__new__(cls, value)
+        obj.schedule, obj.step, obj.scale = schedule, int(step), float(scale)
+        return obj
+
+    def __mul__(self, other):
+        if isinstance(other, (int, float)):
+            return StepFactor(float(self) * other, self.schedule, self.step, self.scale * other)
+        return NotImplemented
+
+    __rmul__ = __mul__
+
+    def per_group(self, groups: list[dict]) -> list[float] | None:
+        factors = self.schedule.group_factors(self.step, groups)
+        return None if factors is None else [f * self.scale for f in factors]
 
 
 @dataclass(frozen=True)
