@@ -29,35 +29,15 @@ def run(overrides: list[str], spike_step: int | None, scale: float) -> float:
     """Final validation loss of one run; the loss of global batch `spike_step` is multiplied by `scale`."""
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
-    from pretrain import step as step_module
     from pretrain.config import load_config
     from pretrain.loop import train
+    from pretrain.tools.diagnose import planted_spike
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     PartialState._reset_state()
-    plain = step_module.LoopEngine.train_step
-
-    def spiking_train_step(self, step, factor):
-        if step != spike_step:
-            return plain(self, step, factor)
-        model = self.fwd_model
-
-        def corrupted(*args, **kwargs):
-            out = model(*args, **kwargs)
-            out.loss = out.loss * scale
-            return out
-        self.fwd_model = corrupted
-        try:
-            return plain(self, step, factor)
-        finally:
-            self.fwd_model = model
-
-    step_module.LoopEngine.train_step = spiking_train_step
-    try:
+    with planted_spike(spike_step, scale):  # the one spike mechanism, shared with the instability diagnostics
         summary = train(load_config(overrides), log=lambda *_: None)
-    finally:
-        step_module.LoopEngine.train_step = plain
     return float(summary["val_loss"])
 
 

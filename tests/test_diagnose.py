@@ -153,6 +153,7 @@ def test_final_loss_and_sweep_lrs():
     (["train.steps=10", "--spike-step", "11"], "--spike-step: 11 is out of range"),
     (["--points", "x"], "arguments: argument --points: invalid int value"),
     (["optim.lrr=1"], "optim.lrr"),
+    (["--lrs", "1e-3,0.001"], "--lrs: values repeat"),
 ])
 def test_bad_input_is_one_line_before_any_run(tmp_path, capsys, args, field):
     out = tmp_path / "d"

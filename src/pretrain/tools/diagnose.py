@@ -281,6 +281,9 @@ def run_diagnosis(overrides: Sequence[str], out: str, *, lrs: Sequence[float] | 
         check_number("--spike-scale", spike_scale, lo=0, lo_open=True, hi=math.inf, hi_open=True)
     sweep = [(f"sweep_lr{lr:.4g}", lr) for lr in lrs]
     probes = [(f"probe_{m:g}x", m) for m in multipliers]
+    for field, names in (("--lrs", sweep), ("--multipliers", probes)):
+        if len({n for n, _ in names}) < len(names):
+            raise ConfigError(field, f"values repeat (to 4 digits): {', '.join(n for n, _ in names)}")
     for name, _ in sweep + probes:
         if os.path.exists(os.path.join(out, name)):
             raise ConfigError("--out", f"{os.path.join(out, name)} already exists; choose an empty --out")
@@ -317,11 +320,12 @@ def run_diagnosis(overrides: Sequence[str], out: str, *, lrs: Sequence[float] | 
               "early_end": early_end(warmup, steps, th), "thresholds": asdict(th), "lr_star": lr_star,
               "spike": {"step": spike_step, "scale": spike_scale} if spike_step is not None else None,
               "verdict": verdict, "advice": ADVICE[verdict],
-              "runs": [{k: v for k, v in r.items() if k != "rows"} for r in runs],
+              "runs": [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()
+                        if k != "rows"} for r in runs],
               "judged": [r["name"] for r in judged]}
     report["plots"] = plot_runs(runs, out, report["early_end"])
     with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump(report, f, indent=1, default=lambda x: None)
+        json.dump(report, f, indent=1)
     log(f"verdict: {verdict}: {ADVICE[verdict]}")
     for r in judged:
         log(f"  {r['name']} (lr {r['lr']:.4g}): {r['verdict']}: {r['reason']}")
