@@ -62,6 +62,7 @@ def main(argv=None) -> int:
         for policy in policies:
             for seed in range(seeds):
                 base = extra + [f"clip.policy={policy}", f"seed={seed}", f"train.steps={steps}",
+                                "schedule.warmup_steps=30",  # the tiny recipe's warmup when the table was measured
                                 f"train.eval_every={steps}", "train.progress=false"]
                 clean = run(base + [f"run_dir={tmp}/{policy}_{seed}_clean"], None, args.spike_scale)
                 spiked = run(base + [f"run_dir={tmp}/{policy}_{seed}_spiked"], spike, args.spike_scale)

@@ -26,6 +26,22 @@ def test_ddp_two_processes_matches_one_process(tmp_path):
     assert a[-1]["loss"] < a[0]["loss"]
 
 
+def test_ddp_batch_ramp_two_processes_matches_one_process(tmp_path):
+    """A batch-size ramp under DDP reads the same global batches at the same sizes as one process; b_noise is
+    measured in both (per-rank vs all-reduced gradients in a DDP hook; micro-batch vs accumulated on one)."""
+    ramp = SMALL + ["train.steps=6", "train.eval_every=0", "train.global_batch_size=16",
+                    "train.batch_ramp={start: 8, increment: 8, tokens: 1500}"]
+    one = run_cli(ramp + [f"run_dir={tmp_path / 'one'}"])
+    assert one.returncode == 0, dump(one)
+    two = run_cli(ramp + [f"run_dir={tmp_path / 'two'}"], nproc=2, launcher="accelerate")
+    assert two.returncode == 0, dump(two)
+    a, b = rows(tmp_path / "one"), rows(tmp_path / "two")
+    assert [r["batch_size"] for r in a] == [r["batch_size"] for r in b] == [8, 8, 8, 16, 16, 16]
+    for ra, rb in zip(a, b):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4, abs=1e-5), (ra, rb)
+        assert rb["b_noise"] > 0 and ra["b_noise"] > 0
+
+
 # ZeRO-1/2 with optimizers written here as DeepSpeed client optimizers; ZeRO-3 with torch's AdamW
 @pytest.mark.parametrize("stage,optim", [(1, "lion"), (2, "adopt"), (3, "adamw")])
 def test_deepspeed_zero_two_processes(tmp_path, stage, optim):

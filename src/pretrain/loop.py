@@ -25,9 +25,7 @@ def train(cfg: RunConfig, log=None) -> dict:
     t, schedule = cfg.train, run.schedule
     search = LRSearch(run) if schedule_spec(cfg.schedule["name"]).controller else None
     out = RunLog(run, start)
-    run.log(f"model: {sum(p.numel() for p in run.accelerator.unwrap_model(run.model).parameters()) / 1e6:.2f}M "
-            f"parameters; world {run.accelerator.num_processes}, accumulation {run.accum}, {t.tokens_per_step} "
-            f"tokens/step; optimizer {cfg.optim['name']}, schedule {cfg.schedule['name']}")
+    run.log(run.describe())
     val_loss = None
     if start == 0 and t.eval_every:
         val_loss = evaluate(run)
@@ -35,11 +33,11 @@ def train(cfg: RunConfig, log=None) -> dict:
     for step in range(start, t.steps):
         if search:
             search(step)
-        loss, clip = run.engine.train_step(step, schedule.factor(step))
+        loss, record = run.engine.train_step(step, schedule.factor(step))
         done = step + 1
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss is {loss} at step {done}; the last checkpoint is kept in {cfg.run_dir}")
-        out.train_row(done, loss, schedule(step), clip)
+        out.train_row(done, loss, record)
         if t.eval_every and (done % t.eval_every == 0 or done == t.steps):
             val_loss = evaluate(run)
             out.eval_row(done, val_loss)

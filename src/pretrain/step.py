@@ -5,8 +5,8 @@ An *engine* says how to run one micro-batch (the loop's on accelerate: `LoopEngi
 `hf.TrainerEngine`); `StepProtocol` does the rest, from what the optimizer's spec declares
 (`pretrain.optim.Needs`, asked through `needs_of`), never from its name:
 
-- tokens per step (`Needs.tokens_per_step`): param-group keys left None (Sophia's `bs`) get the tokens per
-  optimizer step before the first step;
+- tokens per step (`Needs.tokens_per_step`): param-group keys left None (Sophia's `bs`) get the tokens of the
+  optimizer step before every step (a batch-size ramp changes them);
 - the closure (`Needs.closure`): `closure()` is the loss on this step's batch (all its micro-batches, averaged
   over processes) at the current parameters, without a graph; `closure(backward=True)` also zeroes and
   recomputes the gradients (synchronized across processes on the last micro-batch only);
@@ -33,6 +33,7 @@ import contextlib
 import numpy as np
 import torch
 
+from .noise_scale import grad_sq
 from .optim import hessian_interval, needs_of, unwrap
 
 
@@ -44,6 +45,8 @@ class StepProtocol:
         self.needs = needs_of(optimizer)
         self.engine = engine
         self.hessian_every = hessian_interval(optimizer)
+        self._filled = [(i, key) for i, g in enumerate(self.optimizer.param_groups)  # left None: ours to fill
+                        for key in self.needs.tokens_per_step if key in g and g[key] is None]
         self._hooks = [self.optimizer.register_step_pre_hook(self._before_step),
                        self.optimizer.register_step_post_hook(self._after_step)]
 
@@ -56,10 +59,8 @@ class StepProtocol:
         """Fill tokens-per-step keys; pass the closure to an optimizer that needs one (unless given)."""
         if self.engine.micro_batches() is None:
             return None
-        for g in opt.param_groups:
-            for key in self.needs.tokens_per_step:
-                if key in g and g[key] is None:
-                    g[key] = self.engine.tokens_per_step()
+        for i, key in self._filled:
+            opt.param_groups[i][key] = self.engine.tokens_per_step()
         given = kwargs.get("closure", args[1] if len(args) > 1 else None)
         if not self.needs.closure or given is not None:
             return None
@@ -134,17 +135,22 @@ class StepProtocol:
 
 
 class LoopEngine:
-    """The training loop's engine on accelerate, and its whole step (`train_step`): set the lr, accumulate the
-    micro-batches' gradients, clip (`clip`: a `clipping.ClipPolicy`), step the optimizer (its protocol hooks run
-    inside), zero the gradients."""
+    """The training loop's engine on accelerate, and its whole step (`train_step`): set the lr (schedule x batch-size
+    rule), accumulate the step's micro-batches (their number follows the batch size, `batch_size.BatchSizes`),
+    measure the gradient noise scale (`noise_scale.NoiseScale`, when given), clip (`clip`: a
+    `clipping.ClipPolicy`), step the optimizer (its protocol hooks run inside), zero the gradients."""
 
-    def __init__(self, accelerator, model, fwd_model, optimizer, loader, *, accum: int, seed: int,
-                 tokens_per_step: int, clip, is_deepspeed: bool):
+    def __init__(self, accelerator, model, fwd_model, optimizer, loader, *, batches, seed: int, clip,
+                 is_deepspeed: bool, lr_rule: str = "none", noise=None):
         self.accelerator, self.model, self.fwd_model, self.optimizer = accelerator, model, fwd_model, optimizer
-        self.loader, self.accum, self.seed, self.rank = loader, accum, seed, accelerator.process_index
-        self._tokens, self.clip, self.is_deepspeed = tokens_per_step, clip, is_deepspeed
+        self.loader, self.batches, self.seed, self.rank = loader, batches, seed, accelerator.process_index
+        self.clip, self.is_deepspeed, self.lr_rule, self.noise = clip, is_deepspeed, lr_rule, noise
         self.step, self._batches = None, None
         self.protocol = StepProtocol(optimizer, self)
+        self._rank_sq = None
+        if noise is not None and accelerator.num_processes > 1:
+            from .noise_scale import RankGradSq
+            self._rank_sq = RankGradSq(model)
 
     # -- the engine interface (see the module doc) ----------------------------------------------------------
     def micro_batches(self):
@@ -152,11 +158,12 @@ class LoopEngine:
             return None
         if self._batches is None:  # read once per step: a streaming loader yields new data on every call
             device = self.accelerator.device
-            self._batches = [self.loader.micro_batch(self.step, i).to(device) for i in range(self.accum)]
+            n = self.batches.accumulation(self.step)
+            self._batches = [self.loader.micro_batch(self.step, i).to(device) for i in range(n)]
         return self._batches
 
     def loss(self, batch) -> torch.Tensor:
-        return self.fwd_model(input_ids=batch, labels=batch).loss / self.accum
+        return self.fwd_model(input_ids=batch, labels=batch).loss / len(self.micro_batches())
 
     def logits(self, batch):
         return self.fwd_model(input_ids=batch).logits, None
@@ -174,33 +181,67 @@ class LoopEngine:
         return self.step
 
     def tokens_per_step(self) -> int:
-        return self._tokens
+        return self.batches.size(self.step) * self.batches.seq_len
 
     # -- the loop's step --------------------------------------------------------------------------------------
     def train_step(self, step: int, factor: float) -> tuple[float, dict]:
-        """One optimizer step on global batch `step` with lr factor `factor`: (mean loss, the clipping policy's
-        record: grad_norm before clipping, clip_threshold, clipped, clip_fraction)."""
+        """One optimizer step on global batch `step` with schedule factor `factor`: (mean loss, the step's record:
+        the lr applied, batch_size (sequences), the clipping policy's record (grad_norm before clipping,
+        clip_threshold, clipped, clip_fraction) and, when measured, b_noise)."""
         self.step, self._batches = step, None
-        set_lr(self.optimizer, factor)
-        losses = []
-        for batch in self.micro_batches():
-            with self.accelerator.accumulate(self.model):
-                loss = self.fwd_model(input_ids=batch, labels=batch).loss
-                self.accelerator.backward(loss)  # divides by the accumulation (DeepSpeed: its engine does)
-            losses.append(loss.detach().float())
+        if self._rank_sq is not None:
+            self._rank_sq.take()  # drop what a closure or Hessian pass added after the last measurement
+        set_lr(self.optimizer, factor * self.batches.lr_factor(step, self.lr_rule))
+        batches = self.micro_batches()
+        acc, n = self.accelerator, len(batches)
+        if not self.is_deepspeed and acc.gradient_accumulation_steps != n:  # a batch-size ramp changed the size
+            acc.gradient_accumulation_steps, acc.step = n, 0
         params = list(self.model.parameters())
-        clip = None if self.is_deepspeed else self.clip(
-            params, lambda max_norm: self.accelerator.clip_grad_norm_(params, max_norm))
+        losses, small = [], None
+        for i, batch in enumerate(batches):
+            with acc.accumulate(self.model):
+                loss = self.fwd_model(input_ids=batch, labels=batch).loss
+                acc.backward(loss)  # divides by the accumulation (DeepSpeed: its engine does)
+            if i == 0 and self.noise is not None and self._rank_sq is None and n > 1:
+                small = grad_sq(params) * n * n  # the first micro-batch's gradient (the loss was divided by n)
+            losses.append(loss.detach().float())
+        record = {"lr": applied_lr(self.optimizer), "batch_size": self.batches.size(step)}
+        if self.noise is not None:
+            self._measure_noise(params, small, n)
+        clip = None if self.is_deepspeed else self.clip(params, lambda max_norm: acc.clip_grad_norm_(params, max_norm))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.is_deepspeed:  # its engine clipped inside the step, by the global norm (config validation)
             norm = self.model.get_global_grad_norm()
             clip = self.clip(params, lambda max_norm: float("nan") if norm is None else norm)
-        loss = self.accelerator.reduce(torch.stack(losses).mean(), "mean").item()
-        return loss, clip
+        loss = acc.reduce(torch.stack(losses).mean(), "mean").item()
+        return loss, {**record, **clip}
+
+    def _measure_noise(self, params, small, n: int) -> None:
+        """|G_small|^2 (first micro-batch, or each rank's gradient before the all-reduce) vs |G_big|^2 (the step's
+        gradient), before clipping; then an auto batch ramp may grow."""
+        seq_len, size = self.batches.seq_len, self.batches.size(self.step)
+        if self._rank_sq is not None:
+            small, b_small = self.accelerator.reduce(self._rank_sq.take(), "mean"), size // self.accelerator.num_processes
+        else:
+            b_small = size // n
+        if small is None:
+            return
+        self.noise.observe(small, b_small * seq_len, grad_sq(params), size * seq_len)
+        if self.batches.auto:
+            self.batches.observe(self.step, self.noise.value(), self.noise.n)
+
+
+def applied_lr(optimizer) -> float:
+    """The lr the optimizer applies at base multiplier 1 (a group's lr / its lr_mult), read from its groups."""
+    g = unwrap(optimizer).param_groups[0]
+    return g["lr"] / g.get("lr_mult", 1.0)
 
 
 def set_lr(optimizer, factor: float) -> None:
-    """Every parameter group at its own base lr times the schedule's factor (groups keep their ratios)."""
-    for g in unwrap(optimizer).param_groups:
-        g["lr"] = g["initial_lr"] * factor
+    """Every parameter group at its own base lr times the schedule's factor (groups keep their ratios); a
+    per-group schedule's factor (`schedules.registry.StepFactor`) gives each group its own."""
+    groups = unwrap(optimizer).param_groups
+    per_group = factor.per_group(groups) if hasattr(factor, "per_group") else None
+    for g, f in zip(groups, [factor] * len(groups) if per_group is None else per_group):
+        g["lr"] = g["initial_lr"] * f
