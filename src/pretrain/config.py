@@ -3,7 +3,11 @@
 `load_config(overrides)` composes `recipes/train.yaml` with Hydra overrides (`recipe=1b_wsd optim=lion
 optim.lr=3e-4 ...`), checks every field against the schema below (unknown keys with a did-you-mean, types,
 ranges, registry names, optimizer and schedule keywords, divisibility of the batch) and returns a
-`RunConfig` of plain dataclasses. Every error is a `ConfigError` naming the field and what is allowed.
+`RunConfig` of plain dataclasses. Every error is a `ConfigError` naming the field and what is allowed: the command
+line is parsed first (`parse_overrides`: Hydra's syntax, no `hydra.*`, no sweeps, group values that are files of
+their group), recipe files are plain YAML (no tags that build objects), and no number anywhere may be NaN or
+infinite. The config holds resolved values: `schedule.warmup_fraction` becomes `schedule.warmup_steps`, and
+without a validation set (`data.val_fraction=0`) `train.eval_every` is 0.
 """
 from __future__ import annotations
 
@@ -73,6 +77,8 @@ class TrainConfig:
     batch_ramp: typing.Any = None  # null | auto | {start, increment, tokens} (sequences; pretrain.batch_size)
     noise_scale: bool = True  # log the gradient noise scale b_noise (pretrain.noise_scale; DDP / one process)
     noise_scale_ema: float = 0.99  # its EMA decay per measured step
+    max_bad_steps: int = 10  # non-finite steps (each skipped) in a row before the run stops (exit 3)
+    checkpoint_hf_copy: bool = False  # also store the model in Hugging Face format in every checkpoint (model/)
 
     @property
     def tokens_per_step(self) -> int:
@@ -141,6 +147,7 @@ class RunConfig:
     run_dir: str = "runs/tiny"
     seed: int = 0
     resume: str = "none"  # none | auto | <checkpoint dir>
+    resume_overrides: bool = False  # apply changed optimizer / schedule / clip keys and train.steps on resume
     notes: str = ""  # free text kept with the run (sizing, hardware)
 
     def to_dict(self) -> dict:
@@ -226,6 +233,7 @@ def validate(cfg: RunConfig) -> RunConfig:
                  ("train.eval_batches", t.eval_batches), ("data.vocab_size", d.vocab_size),
                  ("log.log_every", cfg.log.log_every)]:
         check_range(f, v, lo=1)
+    check_range("train.max_bad_steps", t.max_bad_steps, lo=1)
     for f, v in [("train.eval_every", t.eval_every), ("train.save_every", t.save_every),
                  ("train.keep_checkpoints", t.keep_checkpoints), ("seed", cfg.seed)]:
         check_range(f, v, lo=0)
