@@ -28,6 +28,7 @@ def write_run(root, name, *, optim=None, schedule=None, recipe="tiny", final, lr
     os.makedirs(run_dir)
     if config:
         chosen = ([f"optim={optim}"] if optim else []) + ([f"schedule={schedule}"] if schedule else [])
+        chosen += ["schedule.warmup_steps=0"] if recipe == "tiny" else []
         cfg = load_config(chosen + [f"recipe={recipe}", f"optim.lr={lr}", f"train.steps={STEPS}",
                                     f"run_dir={run_dir}"])
         OmegaConf.save(OmegaConf.create(cfg.to_dict()), os.path.join(run_dir, "config.yaml"))
@@ -281,3 +282,94 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     keep = os.environ.get("PRETRAIN_REPORT_SCREENSHOT")  # where to keep it (e.g. for a README)
     if keep:
         shutil.copy(shot, keep)
+
+
+# --- W&B: flat config keys, job type, summary metrics, the report spec (a fake Reports API) ---------------------
+
+class Recorder:
+    """A stand-in for wandb_workspaces.reports.v2: every class records its keyword arguments."""
+
+    def __init__(self):
+        self.saved = []
+
+    def __getattr__(self, cls_name):
+        outer = self
+
+        class Obj:
+            def __init__(self, *args, **kw):
+                self.cls, self.args, self.kw = cls_name, args, kw
+
+            def save(self):
+                outer.saved.append(self)
+
+        return Obj
+
+
+def test_wandb_report_spec_uses_logged_keys(tmp_path, capsys):
+    from helpers import train_inprocess
+
+    from pretrain.config import load_config
+    from pretrain.tools import wandb_report
+    from pretrain.tracking import read_metrics, run_summary, wandb_config
+
+    run_dir = str(tmp_path / "real")
+    train_inprocess(["train.steps=4", "train.eval_every=2", f"run_dir={run_dir}"])
+    rows = read_metrics(run_dir)
+    logged = {k for r in rows for k in r} | {"Step"}  # W&B's own step axis
+    flat = wandb_config(load_config(["optim=lion", "model.d_model=96", "train.global_batch_size=32"]))
+    assert (flat["optimizer"], flat["width"], flat["depth"], flat["batch"]) == ("lion", 96, 4, 32)
+    assert flat["batch_tokens"] == 32 * 128 and flat["lr"] == 3e-3 and flat["parametrization"] == "sp"
+
+    wr = Recorder()
+    spec = wandb_report.report_spec("proj", entity="team")
+    report = wandb_report.create_report(spec, wr)
+    assert wr.saved == [report] and report.kw["project"] == "proj" and report.kw["entity"] == "team"
+    grid = report.kw["blocks"][-1]
+    runset = grid.kw["runsets"][0]
+    assert runset.kw["groupby"] == ["group"] and runset.kw["order"][0].kw["ascending"] is True
+    lines = [p for p in grid.kw["panels"] if p.cls == "LinePlot"]
+    assert {p.kw["y"][0] for p in lines} >= {"val_loss", "loss", "lr", "grad_norm", "clip_fraction", "tokens_per_s"}
+    for p in lines:  # every plotted metric is a key train.py logs (mfu: null on CPU, logged on GPUs)
+        assert p.kw["x"] in logged and p.kw["y"][0] in logged, p.kw
+    summary_keys = set(run_summary(rows))
+    bar = next(p for p in grid.kw["panels"] if p.cls == "BarPlot")
+    assert {m.args[0] for m in bar.kw["metrics"]} <= summary_keys
+    par = next(p for p in grid.kw["panels"] if p.cls == "ParallelCoordinatesPlot")
+    assert {c.kw["metric"].args[0] for c in par.kw["columns"]} <= summary_keys | set(flat)
+    assert any(p.cls == "RunComparer" and p.kw["diff_only"] == "split" for p in grid.kw["panels"])
+    assert wandb_report.main(["proj", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["runset"]["groupby"] == ["group"]
+
+
+def test_init_wandb_and_summary_through_accelerate(tmp_path, monkeypatch):
+    from pretrain.config import load_config
+    from pretrain.errors import ConfigError
+    from pretrain.tracking import init_wandb, wandb_summary
+
+    class Acc:
+        is_main_process = True
+
+        def __init__(self):
+            self.summary = {}
+
+        def init_trackers(self, project, config, init_kwargs):
+            self.project, self.config, self.kw = project, config, init_kwargs["wandb"]
+
+        def get_tracker(self, name, unwrap=False):
+            assert name == "wandb" and unwrap
+            return self
+
+    cfg = load_config(["optim=adopt", "schedule=wsd", f"run_dir={tmp_path}"])
+    acc = Acc()
+    monkeypatch.setenv("PRETRAIN_JOB_TYPE", "sweep")
+    init_wandb(acc, cfg, str(tmp_path))
+    assert acc.kw["group"] == "tiny" and acc.kw["job_type"] == "sweep" and "optim:adopt" in acc.kw["tags"]
+    assert acc.config["optimizer"] == "adopt" and acc.config["schedule_name"] == "wsd"
+    assert acc.config["optim"]["name"] == "adopt"  # the nested config stays
+    monkeypatch.setenv("PRETRAIN_JOB_TYPE", "nonsense")
+    with pytest.raises(ConfigError, match="log.job_type"):
+        init_wandb(acc, cfg, str(tmp_path))
+    write_run(str(tmp_path), "r", final=3.0)
+    got = wandb_summary(acc, str(tmp_path / "r"), target=3.2)
+    assert acc.summary == got and got["final_val_loss"] == pytest.approx(3.025) and got["steps_to_target"] == 10
+    assert got["tokens"] == STEPS * 2048 and "mfu" not in got  # None (CPU) is left out

@@ -128,14 +128,14 @@ def load_run(path: str) -> RunData | str:
             run.notes.append(f"config.yaml unreadable ({type(e).__name__})")
     else:
         run.notes.append("no config.yaml")
-    per_step = _tokens_per_step(run.config)
-    for r in rows:  # older runs: tokens from the step and the config
-        if not _num(r.get("tokens")) and per_step:
-            r["tokens"] = r["step"] * per_step
     missing = [k for k in ("tokens", "loss", "lr", "grad_norm", "tokens_per_s")
                if not any(_num(r.get(k)) for r in rows if r.get("kind", "train") == "train")]
     if missing:
         run.notes.append("not logged: " + ", ".join(missing))
+    per_step = _tokens_per_step(run.config)
+    for r in rows:  # older runs: tokens from the step and the config
+        if not _num(r.get("tokens")) and per_step:
+            r["tokens"] = r["step"] * per_step
     if not any(_num(r.get("val_loss")) for r in rows):
         run.notes.append("no validation loss yet")
     return run
@@ -193,14 +193,15 @@ def attach_mpl(runs: list[RunData], files: list[str]) -> None:
 
 def differing_keys(runs: list[RunData]) -> tuple[list[str], dict]:
     """(config keys whose values differ between runs, {key: value} of those all runs share)."""
-    keys = sorted({k for r in runs for k in r.config} - set(IGNORED_KEYS))
+    known = [r for r in runs if r.config]  # a run without config.yaml (yet) differs in nothing known
+    keys = sorted({k for r in known for k in r.config} - set(IGNORED_KEYS))
     diff, same = [], {}
     for k in keys:
-        values = {json.dumps(r.config.get(k, "<missing>"), sort_keys=True, default=str) for r in runs}
+        values = {json.dumps(r.config.get(k, "<missing>"), sort_keys=True, default=str) for r in known}
         if len(values) > 1:
             diff.append(k)
         else:
-            same[k] = runs[0].config.get(k)
+            same[k] = known[0].config.get(k)
     return diff, same
 
 
