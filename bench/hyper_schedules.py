@@ -52,9 +52,9 @@ def parse_args(argv=None):
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--warmup", type=int, default=15)
-    ap.add_argument("--grid", default="0.1,0.3,1.0", help="cosine peak lrs tried on seed 0")
+    ap.add_argument("--grid", default="0.03,0.1,0.3", help="cosine peak lrs tried on seed 0")
     ap.add_argument("--meta-steps", type=int, default=8)
-    ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (1 thread each)")
+    ap.add_argument("--jobs", type=int, default=3, help="runs in parallel (1 thread each)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "hyper_bench"))
     a = ap.parse_args(argv)
@@ -138,9 +138,11 @@ def main(argv=None):
     sweep = many(a, [(f"cosine_lr{lr:g}", SGD + [f"optim.lr={lr}", "schedule=cosine"], a.seeds[0]) for lr in a.grid])
     peak = a.grid[min(range(len(a.grid)), key=lambda i: sweep[i]["val"])]
     print(f"tuned peak lr {peak:g}", flush=True)
+    pool = ThreadPoolExecutor(1)
+    learning = pool.submit(learned_schedule, a, peak)  # on the proxy, beside the target runs
     const = train_run(a, "constant", SGD + [f"optim.lr={peak}", "schedule=constant"], a.seeds[0])
     mpl_path = mpl_schedule(a, const["run_dir"], sweep[a.grid.index(peak)]["run_dir"], peak)
-    learned_path, learned = learned_schedule(a, peak)
+    learned_path = os.path.join(a.out, "hyperlearn", "learned_schedule.json")
     rows = {
         "cosine": SGD + [f"optim.lr={peak}", "schedule=cosine"],
         "wsd": SGD + [f"optim.lr={peak}", "schedule=wsd", "schedule.decay_fraction=0.2", "schedule.decay_shape=1-sqrt"],
@@ -151,7 +153,10 @@ def main(argv=None):
     }
     jobs = [(name, ov, s) for name, ov in rows.items() for s in a.seeds]
     jobs = [(n if n != "cosine" else f"cosine_lr{peak:g}", ov, s) for n, ov, s in jobs]
-    results = many(a, jobs)  # the cosine row at the tuned peak reuses the sweep's seed-0 run (same overrides)
+    first = many(a, [j for j in jobs if j[0] != "learned"])  # cosine at the tuned peak reuses the sweep's seed 0
+    learned = learning.result()[1]
+    results = first + many(a, [j for j in jobs if j[0] == "learned"])
+    jobs = [j for j in jobs if j[0] != "learned"] + [j for j in jobs if j[0] == "learned"]
     vals: dict[str, list[float]] = {}
     for (n, _, _), r in zip(jobs, results):
         vals.setdefault(n.split("_lr")[0] if n.startswith("cosine") else n, []).append(r["val"])

@@ -87,7 +87,7 @@ class LearnedSchedule(Schedule):
         return min(max(int(step), 0), self.total_steps - 1)
 
     def factor(self, step: int) -> float:
-        """The largest group's factor (what the loop logs as lr), carrying the per-group factors."""
+        """The largest group's factor (the scalar schedule(step)), carrying the per-group factors."""
         i = self._index(step)
         return StepFactor(max(float(f[i]) for f in self.factors.values()), self, step)
 
