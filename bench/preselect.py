@@ -2,30 +2,32 @@
 """Schedule pre-selection evaluated like Opt-Laws (Xie et al., arXiv 2409.04777; this project's reading of it):
 fit the two predictors of `pretrain.preselect` on small runs, rank held-out configurations never used in a fit.
 
-Setup (fixed before any run): tests/helpers.py's SMALL GPT (d_model 64, 2 layers, vocab 512, seq 64, 8
-sequences a step) on 1 MB of the embedded stdlib corpus, AdamW with the recipe's clipping (norm 1.0),
---steps 200 steps, validation every 10 steps (4 batches, split seed 1234 for every run), seeds 0, 1, 2 for
-every configuration. A configuration is (family, peak lr, warmup steps).
+Setup (fixed before any run; sized for a 2-core CPU shared with other jobs): tests/helpers.py's SMALL GPT
+(d_model 64, 2 layers, vocab 512, seq 64, 8 sequences a step) on 1 MB of the embedded stdlib corpus, AdamW with
+the recipe's clipping (norm 1.0), 100 steps, validation every 10 steps (4 batches, split seed 1234 for every run),
+seeds 0, 1, 2 for every configuration. A configuration is (family, peak lr, warmup steps).
 
-* FIT: the loss predictors' runs: constant, cosine, linear, wsd_1sqrt x peak {1e-3, 3e-3, 1e-2} x warmup {5, 25}.
-* DIV_FIT: runs only the divergence rule sees: constant, cosine x peak {0.3, 1, 3} x warmup {5, 25}.
-* HELD_OUT (never in any fit): all seven families (the four above, wsd_linear, power, mpl) x peak
-  {2e-3, 5e-3, 8e-3} x warmup 12 (21 configurations), and for the divergence F1 additionally wsd_1sqrt,
-  linear, power x peak {0.2, 0.6, 2} x warmup 12 (9 configurations). The mpl family's schedules are optimized
-  under the Multi-Power Law fitted on FIT (`pretrain.preselect.mpl_candidate_lrs`), then trained.
+* FIT (the loss predictors' runs): constant, cosine, linear, wsd_1sqrt x peak {1e-3, 3e-3, 1e-2} x warmup 5,
+  and the same four families at peak 3e-3 with warmup 20 (16 configurations).
+* DIV_FIT (only the divergence rule sees them): constant, cosine x peak {0.3, 1, 3} x warmup 5, and constant at
+  peak 1 with warmup 20 (7 configurations).
+* HELD_OUT (never in any fit): all seven families (the four above, wsd_linear, power, mpl) x peak {2e-3, 6e-3}
+  x warmup 10 (14 configurations); for the divergence F1 also wsd_1sqrt, linear, power x peak {0.5, 2} x warmup
+  10 (6 configurations). The mpl family's schedules are optimized under the Multi-Power Law fitted on FIT
+  (`pretrain.preselect.mpl_candidate_lrs`, 2000 iterations), then trained.
 
-Evaluation (`pretrain.preselect.evaluate_*`):
-* top-2 hit rate: ranking tasks over held-out configurations (all 21; each peak lr slice: 3 tasks of 7
-  schedules; each family slice: 7 tasks of 3 peak lrs). A hit: the true best (mean of 3 seeds) is within one
-  seed spread (the sample std of the best's 3 seeds) of the true mean of one of the predicted top two.
-* out-of-family: for each FIT family, refit without any of its runs and rank its 3 held-out configurations
-  among all 21; reported: its true and predicted rank of its best configuration, and the task's top-2 hit.
-* divergence F1 over the 30 held-out configurations (label: 2 of 3 seeds diverged; a run diverged if its loss
+Evaluation (fits: `pretrain.preselect.preselect`):
+* top-2 hit: ranking tasks over the held-out configurations whose seeds all stayed stable: all of them, and each
+  peak lr's slice (7 schedules each); also the hit rate over every 5-configuration subset. A hit: the true best
+  (mean of the seeds) is within one seed spread (the sample std of the best's seeds) of the true mean of one of
+  the predicted top two.
+* out-of-family: for each FIT family, refit without any of its runs and rank its held-out configurations among
+  all; reported: the predicted and true rank of the family's best configuration, the pick, and the top-2 hit.
+* divergence F1 over the 20 held-out configurations (label: most seeds diverged; a run diverged if its loss
   became non-finite, it stopped early, or its loss rose above its initial value), rule learned on FIT + DIV_FIT.
 
-    python bench/preselect.py                     # ~200 runs of ~10 s each, then the fits (about an hour
-                                                  # on a shared 2-core CPU with --workers 2)
-    python bench/preselect.py --quick --out /tmp/ps   # smoke test: 30 steps, 1 seed, a few configurations
+    python bench/preselect.py --workers 2        # 129 runs of ~5 s alone (~50 s each on the shared CPU), then fits
+    python bench/preselect.py --quick --out /tmp/ps   # smoke mode: 30 steps, seed 0, 14 runs
 
 Runs live in <out>/runs/<config>_s<seed>; a finished run (marker bench.json with the same overrides) is
 reused, so an interrupted benchmark resumes. Prints markdown tables and writes <out>/results.json.
@@ -70,7 +72,7 @@ FIT_FAMILIES = ("constant", "cosine", "linear", "wsd_1sqrt")
 def grids(quick: bool) -> dict:
     """name of the set -> list of (family, peak, warmup)."""
     if quick:
-        return {"fit": [(f, p, 2) for f in ("constant", "cosine") for p in (1e-3, 1e-2)],
+        return {"fit": [(f, p, 2) for f in FIT_FAMILIES for p in (1e-3, 1e-2)],
                 "div_fit": [("constant", 3.0, 2)],
                 "held_out": [(f, 3e-3, 3) for f in ("constant", "cosine", "wsd_linear", "mpl")],
                 "div_held_out": [("wsd_linear", 3.0, 3)]}
@@ -168,10 +170,12 @@ def train_one(args, cfg, seed) -> dict:
     PartialState._reset_state()
     t0 = time.time()
     error = None
+    from pretrain import errors
+    stops = tuple(x for x in (FloatingPointError, getattr(errors, "RunStopped", None)) if x is not None)
     try:
         train(load_config(ov), log=lambda *_: None)
-    except FloatingPointError as e:  # the loop stops a run whose loss is not finite
-        error = str(e)
+    except stops as e:  # the loop stops a run whose loss is not finite (FloatingPointError, or RunStopped)
+        error = f"{type(e).__name__}: {e}"
     info = {"overrides": ov, "seconds": time.time() - t0, "error": error}
     with open(marker, "w") as f:
         json.dump(info, f)
@@ -203,15 +207,272 @@ def worker(args) -> int:
     i, n = (int(x) for x in args.shard.split("/"))
     for k, (cfg, seed) in enumerate(all_runs(args, args.stage)):
         if k % n == i:
-            train_one(args, cfg, seed)
+            for attempt in range(3):  # a shared checkout can be mid-edit for a moment: retry before failing
+                try:
+                    train_one(args, cfg, seed)
+                    break
+                except Exception as e:  # noqa: BLE001
+                    if attempt == 2:
+                        raise
+                    print(f"  {config_name(*cfg)}_s{seed}: {type(e).__name__}: {e}; retrying in 30 s", flush=True)
+                    time.sleep(30)
     return 0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# evaluation
+# ------------------------------------------------------------------------------------------------------------
+
+def records(args, cfgs) -> dict:
+    """config -> list of RunRecords (one per seed), group = the configuration's name."""
+    from pretrain.preselect import load_run
+    out = {}
+    for cfg in cfgs:
+        rs = []
+        for seed in args.seeds:
+            r = load_run(run_dir(args, cfg, seed))
+            r.group = config_name(*cfg)
+            rs.append(r)
+        out[cfg] = rs
+    return out
+
+
+def candidate(cfg, recs):
+    from pretrain.preselect import Candidate
+    family, peak, warmup = cfg
+    return Candidate(config_name(*cfg), family, FAMILIES[family][0].split("=")[1], {}, peak, warmup, lrs=recs[0].lrs)
+
+
+def make_mpl_schedules(args, fit_recs) -> dict:
+    """Fit the law on FIT (seed-averaged curves), optimize the held-out mpl configurations' schedules (cached)."""
+    from pretrain.preselect import MPLPredictor, mpl_candidate_lrs
+    from pretrain.schedules.mpl import MPLParams, save_schedule
+    path = os.path.join(args.out, "mpl_fit_params.json")
+    if os.path.isfile(path):
+        params = MPLParams.from_json(path)
+    else:
+        t0 = time.time()
+        params = MPLPredictor().fit([r for rs in fit_recs.values() for r in rs]).params
+        params.to_json(path, fit_seconds=time.time() - t0)
+    for family, peak, warmup in [c for k in ("held_out", "div_held_out") for c in grids(args.quick)[k]]:
+        out = mpl_schedule_path(args, peak, warmup)
+        if family == "mpl" and not os.path.isfile(out):
+            lrs = mpl_candidate_lrs(params, args.steps, peak, warmup, iters=2000)
+            save_schedule(out, lrs, {"peak_lr": peak, "warmup_steps": warmup, "params": params})
+    return {"params": params.to_dict(), "path": path}
+
+
+def seeds_stats(recs) -> tuple[float, float, int]:
+    import numpy as np
+    vals = [r.final_loss for r in recs if not r.diverged]
+    if not vals:
+        return float("nan"), float("nan"), 0
+    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, len(vals)
+
+
+def ranking_tasks(held) -> dict:
+    """task name -> list of configurations (held-out, all seeds stable)."""
+    tasks = {"all held-out": list(held)}
+    for p in sorted({c[1] for c in held}):
+        tasks[f"peak {p:g}"] = [c for c in held if c[1] == p]
+    return tasks
+
+
+def evaluate_predictions(pred: dict, truth: dict, tasks: dict, per_seed: dict) -> dict:
+    """Top-2 hits of one predictor's predictions (config -> value) on the tasks and on every 5-subset of the held-out
+    configurations, by three criteria: `issue` (the true best within one seed spread, the sample std of its seeds,
+    of a predicted top-2 candidate), `centered` (the same with the spread of its seed-centered losses: each seed's
+    mean over the task's configurations subtracted, since a seed's init and data order move every schedule alike),
+    `strict` (the true best is one of the predicted top two)."""
+    import itertools
+
+    import numpy as np
+
+    from pretrain.preselect import top2_hit
+
+    def judge(cfgs):
+        mean = {c: truth[c][0] for c in cfgs}
+        offs = np.mean([per_seed[c] for c in cfgs], axis=0)  # each seed's mean over the task
+        centered = {c: float(np.std(np.asarray(per_seed[c]) - offs, ddof=1)) if len(offs) > 1 else 0.0 for c in cfgs}
+        p = {c: pred[c] for c in cfgs}
+        hit, info = top2_hit(p, mean, {c: truth[c][1] for c in cfgs})
+        return {"issue": hit, "centered": top2_hit(p, mean, centered)[0], "strict": top2_hit(p, mean, dict.fromkeys(cfgs, 0.0))[0],
+                "best": config_name(*info["best"]), "top2": [config_name(*c) for c in info["top2"]],
+                "gap": info["gap"], "spread": info["spread"], "centered_spread": centered[info["best"]]}
+
+    out = {name: judge(cfgs) for name, cfgs in tasks.items()}
+    allc = tasks["all held-out"]
+    subs = [judge(sub) for sub in itertools.combinations(allc, 5)]
+    rates = {k: (float(np.mean([x[k] for x in subs])) if subs else float("nan")) for k in ("issue", "centered", "strict")}
+    p, t = np.array([pred[c] for c in allc]), np.array([truth[c][0] for c in allc])
+    rho = float(np.corrcoef(np.argsort(np.argsort(p)), np.argsort(np.argsort(t)))[0, 1])
+    return {"tasks": out, "subsets5": {"n": len(subs), **rates}, "spearman": rho, "mae": float(np.mean(np.abs(p - t)))}
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.train_only:
         return worker(args)
-    raise SystemExit("not yet")
+    import numpy as np
+    import torch
+    torch.set_num_threads(1)
+    from pretrain.preselect import f1_score, preselect
+
+    t_start = time.time()
+    os.makedirs(args.out, exist_ok=True)
+    g = grids(args.quick)
+    print(f"preselect benchmark: {sum(len(v) for v in g.values())} configurations x seeds {args.seeds}, "
+          f"{args.steps} steps; out {args.out}", flush=True)
+    train_stage(args, "1")
+    fit_recs = records(args, g["fit"])
+    mpl_fit = make_mpl_schedules(args, fit_recs)
+    train_stage(args, "2")
+    t_train = time.time() - t_start
+    div_recs = records(args, g["div_fit"])
+    held_recs = records(args, g["held_out"])
+    dheld_recs = records(args, g["div_held_out"])
+
+    def diverged_label(recs):  # a configuration diverges when most of its seeds did
+        return sum(r.diverged for r in recs) * 2 > len(recs)
+
+    truth = {c: seeds_stats(rs) for c, rs in held_recs.items()}
+    per_seed = {c: [r.final_loss for r in rs] for c, rs in held_recs.items()}
+    stable = [c for c, rs in held_recs.items() if not any(r.diverged for r in rs)]
+    tasks = ranking_tasks(stable)
+    fit_runs = [r for rs in fit_recs.values() for r in rs]
+    div_runs = [r for rs in div_recs.values() for r in rs]
+    all_held = {**held_recs, **dheld_recs}
+    cands = [candidate(c, rs) for c, rs in all_held.items()]
+    from pretrain.schedules.mpl import MPLParams
+    init = MPLParams.from_dict(mpl_fit["params"])
+    print("fitting both predictors on FIT, ranking the held-out configurations ...", flush=True)
+    t0 = time.time()
+    res = preselect(fit_runs, cands, div_runs, bootstrap={"mpl": args.mpl_bootstrap, "features": args.bootstrap},
+                    mpl_fit={"init": init, "restarts": 1})
+    t_fit = time.time() - t0
+    names = list(all_held)
+    results = {"predictors": {}, "out_of_family": {}}
+    for pname, d in res["predictions"].items():
+        pred = {c: float(d["mean"][i]) for i, c in enumerate(names)}
+        ev = evaluate_predictions(pred, truth, tasks, per_seed)
+        ev["per_config"] = {config_name(*c): {"pred": pred[c], "std": float(d["std"][i]), "p_best": float(d["p_best"][i]),
+                                              "true_mean": truth[c][0] if c in truth else None,
+                                              "true_std": truth[c][1] if c in truth else None}
+                            for i, c in enumerate(names) if c in held_recs}
+        ev["describe"] = res["fits"][pname].describe()
+        results["predictors"][pname] = ev
+    # divergence F1 on every held-out configuration (and per run)
+    labels = [diverged_label(all_held[c]) for c in names]
+    flags = [bool(x) for x in res["flagged"]]
+    results["divergence"] = {"rule": res["rule"].describe(), "per_config": f1_score(flags, labels),
+                             "per_run": f1_score([f for f, c in zip(flags, names) for _ in all_held[c]],
+                                                 [r.diverged for c in names for r in all_held[c]]),
+                             "configs": {config_name(*c): {"label": lab, "flag": f, "p": float(p),
+                                                           "runs_diverged": sum(r.diverged for r in all_held[c]),
+                                                           "reasons": [r.reason for r in all_held[c] if r.diverged]}
+                                         for c, lab, f, p in zip(names, labels, flags, res["flag_prob"])}}
+    # out-of-family: refit without each FIT family, rank its held-out configurations among all
+    fams = sorted({c[0] for c in g["fit"]})
+    stable_idx = [names.index(c) for c in stable]
+    for fam in fams:
+        sub = [r for c, rs in fit_recs.items() if c[0] != fam for r in rs]
+        try:
+            r2 = preselect(sub, [cands[i] for i in stable_idx], div_runs, bootstrap={"mpl": 0, "features": 0},
+                           mpl_fit={"init": init, "restarts": 1})
+        except Exception as e:  # e.g. no decaying run left for the MPL fit
+            results["out_of_family"][fam] = {"error": str(e)}
+            continue
+        entry = {}
+        for pname, d in r2["predictions"].items():
+            pred = {c: float(d["mean"][k]) for k, c in enumerate(stable)}
+            fam_cfgs = [c for c in stable if c[0] == fam]
+            best_fam = min(fam_cfgs, key=lambda c: truth[c][0])
+            true_rank = sorted(stable, key=lambda c: truth[c][0]).index(best_fam) + 1
+            pred_rank = sorted(stable, key=lambda c: pred[c]).index(min(fam_cfgs, key=lambda c: pred[c])) + 1
+            ev = evaluate_predictions(pred, truth, tasks, per_seed)
+            entry[pname] = {"family_best_true_rank": true_rank, "family_best_pred_rank": pred_rank,
+                            "hit_all": ev["tasks"]["all held-out"]["issue"],
+                            "hit_all_centered": ev["tasks"]["all held-out"]["centered"],
+                            "hit_all_strict": ev["tasks"]["all held-out"]["strict"], "pick": ev["tasks"]["all held-out"]["top2"][0],
+                            "spearman": ev["spearman"]}
+        results["out_of_family"][fam] = entry
+    res_doc = {
+        "settings": {"seeds": args.seeds, "steps": args.steps, "eval_every": args.eval_every, "quick": args.quick,
+                     "model_overrides": MODEL, "families": FAMILIES, "grids": {k: [config_name(*c) for c in v]
+                                                                             for k, v in g.items()},
+                     "bootstrap": {"features": args.bootstrap, "mpl": args.mpl_bootstrap}, "split_seed": SPLIT_SEED},
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+                    "date": datetime.datetime.now().isoformat(timespec="seconds")},
+        "mpl_fit_for_schedules": mpl_fit,
+        "truth": {config_name(*c): {"mean": m, "std": s, "n": n} for c, (m, s, n) in truth.items()},
+        "diverged_runs": {r.name: r.reason for rs in list(fit_recs.values()) + list(div_recs.values())
+                          + list(all_held.values()) for r in rs if r.diverged},
+        **results,
+        "runtime_s": {"total": time.time() - t_start, "training_stage": t_train, "main_fit": t_fit},
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(res_doc, f, indent=1, default=str)
+    print()
+    print(tables(res_doc))
+    print(f"\nruntime {res_doc['runtime_s']['total']:.0f} s; wrote {args.json}")
+    return 0
+
+
+def tables(res: dict) -> str:
+    preds = list(res["predictors"])
+    lines = ["### Held-out configurations: true final validation loss (mean +- std of the seeds) and predictions", "",
+             "| configuration | true | " + " | ".join(f"{p} predicted +- bootstrap std (P(best))" for p in preds) + " |",
+             "|---|---:|" + "---:|" * len(preds)]
+    some = res["predictors"][preds[0]]["per_config"]
+    for name in sorted(some, key=lambda n: some[n]["true_mean"] if some[n]["true_mean"] is not None else 1e9):
+        t = some[name]
+        row = f"| {name} | {t['true_mean']:.4f} +- {t['true_std']:.4f} |"
+        for p in preds:
+            d = res["predictors"][p]["per_config"][name]
+            row += f" {d['pred']:.4f} +- {d['std']:.4f} ({d['p_best']:.2f}) |"
+        lines.append(row)
+    lines += ["", "### Top-2 hit: issue criterion (one seed spread) / seed-centered spread / strict (best in the top 2)", "",
+              "| task | " + " | ".join(preds) + " |", "|---|" + "---|" * len(preds)]
+
+    def yn(x):
+        return "hit" if x else "miss"
+
+    for task in res["predictors"][preds[0]]["tasks"]:
+        row = f"| {task} |"
+        for p in preds:
+            d = res["predictors"][p]["tasks"][task]
+            row += (f" {yn(d['issue'])} / {yn(d['centered'])} / {yn(d['strict'])} (top2 {', '.join(d['top2'])}; best "
+                    f"{d['best']}; gap {d['gap']:.4f}, spread {d['spread']:.4f}, centered {d['centered_spread']:.4f}) |")
+        lines.append(row)
+    row = "| every 5-configuration subset of the held-out set: hit rate |"
+    for p in preds:
+        v = res["predictors"][p]["subsets5"]
+        row += f" {v['issue']:.1%} / {v['centered']:.1%} / {v['strict']:.1%} of {v['n']} |"
+    lines.append(row)
+    for key, label in (("spearman", "Spearman rank correlation, all held-out"), ("mae", "mean abs error of the final loss")):
+        lines.append(f"| {label} |" + "".join(f" {res['predictors'][p][key]:.3f} |" for p in preds))
+    lines += ["", "### Out-of-family: fit without one family, rank its held-out configurations among all", "",
+              "| family left out | " + " | ".join(f"{p}: its best's predicted / true rank, pick, hit (issue / centered / strict)" for p in preds) + " |",
+              "|---|" + "---|" * len(preds)]
+    for fam, e in res["out_of_family"].items():
+        if "error" in e:
+            lines.append(f"| {fam} | {e['error']} |")
+            continue
+        lines.append(f"| {fam} |" + "".join(
+            f" {e[p]['family_best_pred_rank']} / {e[p]['family_best_true_rank']}, {e[p]['pick']}, "
+            f"{yn(e[p]['hit_all'])} / {yn(e[p]['hit_all_centered'])} / {yn(e[p]['hit_all_strict'])} |" for p in preds))
+    d = res["divergence"]
+    lines += ["", "### Divergence flag on the held-out configurations", "", f"rule: {d['rule']}", "",
+              "| | F1 | precision | recall | tp / fp / fn / tn |", "|---|---:|---:|---:|---|"]
+    for k in ("per_config", "per_run"):
+        v = d[k]
+        lines.append(f"| {k.replace('_', ' ')} | {v['f1']:.2f} | {v['precision']:.2f} | {v['recall']:.2f} | "
+                     f"{v['tp']} / {v['fp']} / {v['fn']} / {v['tn']} |")
+    wrong = [f"{n} (label {'div' if c['label'] else 'ok'}, p {c['p']:.2f}, {c['runs_diverged']} runs diverged)"
+             for n, c in d["configs"].items() if c["label"] != c["flag"]]
+    lines += ["", "misclassified: " + (", ".join(wrong) if wrong else "none")]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

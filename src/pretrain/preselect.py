@@ -196,6 +196,7 @@ class Candidate:
     kw: dict
     peak: float
     warmup: int
+    lrs: np.ndarray | None = None  # the per-step lrs when already known (e.g. a trained schedule file)
 
 
 def _as_list(value, fld: str, kind) -> list:
@@ -288,6 +289,8 @@ def candidate_lrs(c: Candidate, total_steps: int, fill: dict | None = None, mpl_
                   mpl_opts: dict | None = None) -> np.ndarray:
     """Per-step lrs of a candidate (lrs[t] = lr of update t+1). fill: tokens_per_step / batch_size for schedules
     that need them (power). mpl candidates need the fitted law's parameters."""
+    if c.lrs is not None:
+        return np.asarray(c.lrs, dtype=np.float64)
     if c.schedule == "mpl":
         if mpl_params is None:
             raise ValueError("an mpl candidate needs fitted Multi-Power-Law parameters")
