@@ -69,7 +69,9 @@ def meta_optimize(problem: Problem, hp: Hypers, steps: int, meta_steps: int, *, 
         else:
             grads, f = hypergradient(problem, cur, traj)
             inner += steps
-        history.append({"meta_step": i, "val_loss": f, "seconds": round(time.time() - t0, 2), "inner_steps": inner})
+        history.append({"meta_step": i, "val_loss": f, "seconds": round(time.time() - t0, 2), "inner_steps": inner,
+                        "buffer_bits_per_param_step":  # the stack's peak + the 64-bit integer per parameter
+                        (traj.stats["buffer_peak_bytes"] + 8 * problem.numel) * 8 / (problem.numel * steps)})
         log(f"meta step {i}: proxy val loss {f:.4f} ({inner} inner steps, {time.time() - t0:.0f} s)")
         start = f if start is None else start
         if not math.isfinite(f) or f > 1.5 * start:

@@ -121,7 +121,8 @@ def main(argv=None) -> dict:
                "weight_decay": dict(zip(problem.units, best.weight_decay.tolist())),
                "proxy_overrides": overrides, "start": {"lr": a.lr, "momentum": a.momentum, "warmup": warmup},
                "val_loss_start": history[0]["val_loss"], "val_loss_learned": min(h["val_loss"] for h in history),
-               "inner_steps": history[-1]["inner_steps"], "seconds": round(seconds, 1)}
+               "inner_steps": history[-1]["inner_steps"], "seconds": round(seconds, 1),
+               "buffer_bits_per_param_step": max(h["buffer_bits_per_param_step"] for h in history)}
     group_key = "kind" if a.granularity == "groups" else "layer"
     save_learned(out / "learned_schedule.json", lrs, group_key=group_key, learned=learned)
     (out / "history.json").write_text(json.dumps(history, indent=1))
@@ -129,7 +130,8 @@ def main(argv=None) -> dict:
              f"reversibly learned lr per {'group' if a.granularity == 'groups' else 'layer'} "
              f"(proxy val {learned['val_loss_start']:.3f} -> {learned['val_loss_learned']:.3f})")
     print(f"proxy val loss: start {learned['val_loss_start']:.4f} -> learned {learned['val_loss_learned']:.4f} "
-          f"({learned['inner_steps']} inner steps, {seconds:.0f} s); wrote {out / 'learned_schedule.json'}, "
+          f"({learned['inner_steps']} inner steps, {seconds:.0f} s; information buffer "
+          f"{learned['buffer_bits_per_param_step']:.2f} bits/parameter/step); wrote {out / 'learned_schedule.json'}, "
           f"{out / 'learned_lrs.png'}")
     return learned
 
