@@ -135,12 +135,15 @@ def main(argv=None):
     os.makedirs(a.out, exist_ok=True)
     t0 = time.time()
     print(f"tuning cosine on seed {a.seeds[0]} over {a.grid}", flush=True)
-    sweep = many(a, [(f"cosine_lr{lr:g}", SGD + [f"optim.lr={lr}", "schedule=cosine"], a.seeds[0]) for lr in a.grid])
+    # the constant run MPL fits on, at every grid lr alongside the sweep (only the tuned peak's is used)
+    first = many(a, [(f"cosine_lr{lr:g}", SGD + [f"optim.lr={lr}", "schedule=cosine"], a.seeds[0]) for lr in a.grid] +
+                 [(f"constant_lr{lr:g}", SGD + [f"optim.lr={lr}", "schedule=constant"], a.seeds[0]) for lr in a.grid])
+    sweep, consts = first[:len(a.grid)], first[len(a.grid):]
     peak = a.grid[min(range(len(a.grid)), key=lambda i: sweep[i]["val"])]
     print(f"tuned peak lr {peak:g}", flush=True)
     pool = ThreadPoolExecutor(1)
     learning = pool.submit(learned_schedule, a, peak)  # on the proxy, beside the target runs
-    const = train_run(a, "constant", SGD + [f"optim.lr={peak}", "schedule=constant"], a.seeds[0])
+    const = consts[a.grid.index(peak)]
     mpl_path = mpl_schedule(a, const["run_dir"], sweep[a.grid.index(peak)]["run_dir"], peak)
     learned_path = os.path.join(a.out, "hyperlearn", "learned_schedule.json")
     rows = {
@@ -167,7 +170,7 @@ def main(argv=None):
             "learned": f"{learned['inner_steps']} proxy steps ({a.meta_steps} meta steps x {T} fwd + {T} rev, "
                        f"{learned['seconds']:.0f} s; proxy val {learned['val_loss_start']:.3f} -> "
                        f"{learned['val_loss_learned']:.3f})"}
-    print(f"\n| schedule | " + " | ".join(f"seed {s}" for s in a.seeds) + " | mean +- std | cost to find |")
+    print("\n| schedule | " + " | ".join(f"seed {s}" for s in a.seeds) + " | mean +- std | cost to find |")
     print("|---|" + "---|" * len(a.seeds) + "---|---|")
     for n, v in vals.items():
         sd = statistics.stdev(v) if len(v) > 1 else 0.0

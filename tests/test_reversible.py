@@ -81,7 +81,7 @@ def test_plain_float_reversal_is_not_exact():
     p = mlp_problem(seed=1)
     x = p.x_init.clone()
     v = torch.zeros_like(x)
-    alpha, gamma, gs = 0.3, 0.9, []
+    alpha, gamma = 0.3, 0.9
     for t in range(50):
         xr = x.clone().requires_grad_(True)
         (g,) = torch.autograd.grad(p.loss(xr, t), xr)

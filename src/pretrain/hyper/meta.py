@@ -47,50 +47,54 @@ def torch_lrs(problem: Problem, hp: Hypers, steps: int) -> dict[str, list[float]
 
 def meta_optimize(problem: Problem, hp: Hypers, steps: int, meta_steps: int, *, learn=("lr", "momentum", "init", "wd"),
                   meta_lrs: dict | None = None, log=print) -> tuple[Hypers, list[dict]]:
-    """`meta_steps` Adam steps on the hyperparameters named in `learn` (lr, momentum, init, wd) against the
-    proxy's validation loss after `steps` inner steps. A step that makes the inner run diverge (non-finite
-    or above 1.5 x the starting loss) is undone and the meta step sizes halved. Returns the hyperparameters with
-    the lowest validation loss seen and the history (one row per forward pass: val_loss, seconds, inner steps
-    run so far, forward and reverse)."""
+    """Up to `meta_steps` Adam steps on the hyperparameters named in `learn` (lr, momentum, init, wd) against the
+    proxy's validation loss after `steps` inner steps, with backtracking: a step whose inner run ends worse
+    (or non-finite) is undone without its reverse pass and retaken from the last point's hypergradient with
+    half the step sizes (Adam restarted). Returns the best hyperparameters (the last accepted point) and the
+    history (one row per forward pass: val_loss, accepted, seconds, inner steps run so far, forward and reverse,
+    the information buffer's bits per parameter per step)."""
     lrs = {**META_LRS, **(meta_lrs or {})}
     names = [LEARN_NAMES[k] for k in learn]
     raw = {k: v.clone() for k, v in hp.tensors().items()}
-    opt = torch.optim.Adam([{"params": [raw[k]], "lr": lrs[k]} for k in names])
-    history, inner, t0 = [], 0, time.time()
-    best, start, prev = None, None, None
-    for i in range(meta_steps + 1):
-        cur = Hypers(**{k: v.detach().clone() for k, v in raw.items()}, block_len=hp.block_len)
-        traj = forward(problem, cur, steps)
-        inner += steps
-        if i == meta_steps:  # the last update's result: forward only
-            with torch.no_grad():
-                f = float(problem.val_loss(traj.x()))
-            grads = None
-        else:
-            grads, f = hypergradient(problem, cur, traj)
-            inner += steps
-        history.append({"meta_step": i, "val_loss": f, "seconds": round(time.time() - t0, 2), "inner_steps": inner,
-                        "buffer_bits_per_param_step":  # the stack's peak + the 64-bit integer per parameter
-                        (traj.stats["buffer_peak_bytes"] + 8 * problem.numel) * 8 / (problem.numel * steps)})
-        log(f"meta step {i}: proxy val loss {f:.4f} ({inner} inner steps, {time.time() - t0:.0f} s)")
-        start = f if start is None else start
-        if not math.isfinite(f) or f > 1.5 * start:
-            if prev is None:
-                raise FloatingPointError(f"the starting hyperparameters diverge on the proxy (val loss {f})")
-            raw = {k: v.clone() for k, v in prev.items()}  # undo and take smaller meta steps
-            for g, k in zip(opt.param_groups, names):
-                g["params"] = [raw[k]]
-                g["lr"] *= 0.5
-            opt.state.clear()
-            continue
-        if best is None or f < best[0]:
-            best = (f, cur)
-        if grads is None:
-            break
-        prev = {k: v.clone() for k, v in raw.items()}
+
+    def adam():
+        return torch.optim.Adam([{"params": [raw[k]], "lr": lrs[k]} for k in names])
+
+    def take_step(opt, grads):
         with torch.no_grad():
             for k in names:
                 raw[k].grad = grads[k].clone()
             opt.step()
             raw["weight_decay"].clamp_(min=0.0)
+
+    opt = adam()
+    history, inner, t0 = [], 0, time.time()
+    best, prev = None, None  # prev: (raw, grads, val loss) of the last accepted point
+    for i in range(meta_steps + 1):
+        cur = Hypers(**{k: v.detach().clone() for k, v in raw.items()}, block_len=hp.block_len)
+        traj = forward(problem, cur, steps)
+        inner += steps
+        with torch.no_grad():
+            f = float(problem.val_loss(traj.x()))
+        accepted = math.isfinite(f) and (prev is None or f <= prev[2])
+        history.append({"meta_step": i, "val_loss": f, "accepted": accepted, "seconds": round(time.time() - t0, 2),
+                        "inner_steps": inner, "buffer_bits_per_param_step":  # the stack's peak + an int64 each
+                        (traj.stats["buffer_peak_bytes"] + 8 * problem.numel) * 8 / (problem.numel * steps)})
+        log(f"meta step {i}: proxy val loss {f:.4f}{'' if accepted else ' (worse: step halved)'} "
+            f"({inner} inner steps, {time.time() - t0:.0f} s)")
+        if not accepted:
+            if prev is None:
+                raise FloatingPointError(f"the starting hyperparameters diverge on the proxy (val loss {f})")
+            raw = {k: v.clone() for k, v in prev[0].items()}
+            lrs = {k: v * 0.5 for k, v in lrs.items()}
+            opt = adam()
+            take_step(opt, prev[1])
+            continue
+        best = (f, cur)
+        if i == meta_steps:
+            break
+        grads, _ = hypergradient(problem, cur, traj)
+        inner += steps
+        prev = ({k: v.clone() for k, v in raw.items()}, grads, f)
+        take_step(opt, grads)
     return copy.deepcopy(best[1]), history

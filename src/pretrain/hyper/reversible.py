@@ -4,9 +4,9 @@ Hyperparameter Optimization through Reversible Learning", Algorithms 1-2; refere
 Training rule, per step t (every tensor flat, one entry per parameter; each parameter belongs to one *unit*,
 a layer or a parameter group, and hyperparameters are per unit and per block of `block_len` steps):
 
-    g     = grad L(x, t),   L(x, t) = loss(x, batch_t) + 1/2 sum_l lambda_l |x_l|^2   (weight decay per unit)
-    v    <- gamma * v - (1 - gamma) * g
-    x    <- x + alpha * v                                                           x_0 = exp(s_l) * x_init
+    G(x, t) = clip(grad loss(x, batch_t)) + lambda_l x     (clip: torch's global-norm clipping, when set;
+    v      <- gamma * v - (1 - gamma) * G(x, t)              lambda_l: L2 weight decay per unit, as torch's SGD)
+    x      <- x + alpha * v                                  x_0 = exp(s_l) * x_init
 
 Exactness. x and v are held in fixed point, integers with radix 2^52 (`RADIX`); additions of a rounded float
 are undone by subtracting the same rounded float. The decay `v <- gamma * v` loses information, so gamma is the
@@ -20,16 +20,17 @@ B grows by about log2(d / n) = log2(1 / gamma) bits per step. Here B is an int64
 it reaches 2^32 its low 32 bits are moved to a stack (`InfoBuffer`: the indices of the parameters that spilled,
 int32, and their 32 bits), so the memory the buffer holds is measured, not assumed: `InfoBuffer.nbytes()`.
 
-Reverse pass (Algorithm 2): from x_T, v_T it recomputes x_{t-1}, v_{t-1} and g_t exactly, step by step, and
+Reverse pass (Algorithm 2): from x_T, v_T it recomputes x_{t-1}, v_{t-1} and G exactly, step by step, and
 accumulates dx (starting at grad f(x_T), f the validation loss), dv and the hypergradients:
 
-    d alpha_t = <dx, v_t>;   x_{t-1} = x_t - alpha v_t;   g = grad L(x_{t-1}, t);   v_{t-1} = (v_t + (1-gamma) g) / gamma
-    dv += alpha dx;   d gamma_t = <dv, v_{t-1} + g>;   dx -= H (1-gamma) dv;   d lambda -= <x_l, (1-gamma) dv_l>;
+    d alpha_t = <dx, v_t>;  x_{t-1} = x_t - alpha v_t;  g = G(x_{t-1}, t);  v_{t-1} = (v_t + (1-gamma) g) / gamma
+    dv += alpha dx;  d gamma_t = <dv, v_{t-1} + g>;  dx -= J^T (1-gamma) dv;  d lambda -= d<G, (1-gamma) dv>/d lambda
     dv *= gamma
 
-(H the Hessian of L at x_{t-1}: a Hessian-vector product by autograd; each inner product sums a unit's
-entries). Then d s_l = <dx_l, x0_l>. The gradient used to undo the momentum step comes from the same
-function as the forward's (no graph), so it is bitwise the same; the Hessian-vector product is a separate pass.
+(J the Jacobian of G in x, the Hessian of the loss without clipping: a vector-Jacobian product by autograd,
+through a math-kernel attention since the fused one has no double backward; each inner product sums a unit's
+entries). Then d s_l = <dx_l, x0_l>. The G that undoes the momentum step comes from the same computation as
+the forward's (no graph), so it is bitwise the same; the vector-Jacobian product is a separate pass.
 """
 from __future__ import annotations
 

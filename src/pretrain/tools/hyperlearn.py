@@ -120,7 +120,8 @@ def main(argv=None) -> dict:
                "init_scale": dict(zip(problem.units, best.log_init_scale.exp().tolist())),
                "weight_decay": dict(zip(problem.units, best.weight_decay.tolist())),
                "proxy_overrides": overrides, "start": {"lr": a.lr, "momentum": a.momentum, "warmup": warmup},
-               "val_loss_start": history[0]["val_loss"], "val_loss_learned": min(h["val_loss"] for h in history),
+               "val_loss_start": history[0]["val_loss"],
+               "val_loss_learned": min(h["val_loss"] for h in history if h["accepted"]),
                "inner_steps": history[-1]["inner_steps"], "seconds": round(seconds, 1),
                "buffer_bits_per_param_step": max(h["buffer_bits_per_param_step"] for h in history)}
     group_key = "kind" if a.granularity == "groups" else "layer"
