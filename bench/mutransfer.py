@@ -58,10 +58,14 @@ def main(argv=None) -> int:
             continue
         out = os.path.join(a.out, axis)
         results = {}
+        for i in range(len(seeds)):  # seed by seed, both parametrizations: a partial run already compares them
+            for name in names:
+                rows = lr_sweep.sweep(parametrization=name, xs=xs, axis=axis, lrs=lrs, seeds=seeds[:i + 1],
+                                      steps=a.steps, out=out, overrides=COMMON + fixed, base_width=width,
+                                      runner="fast", log=lambda m: print(m, flush=True))
         for name in names:
-            rows = lr_sweep.sweep(parametrization=name, xs=xs, axis=axis, lrs=lrs, seeds=seeds, steps=a.steps,
-                                  out=out, overrides=COMMON + fixed, base_width=width, runner="fast",
-                                  log=lambda m: print(m, flush=True))
+            rows = [r for r in lr_sweep.read_results(os.path.join(out, "results.jsonl"))
+                    if r["parametrization"] == name and r["seed"] in seeds and r["lr"] in lrs and r[axis] in xs]
             results[name] = lr_sweep.summarize(rows, axis)
             print(lr_sweep.table(*results[name], axis, f"### {name} ({axis}, {len(seeds)} seeds, {a.steps} steps)"))
             slopes[(axis, name)] = results[name][2]
