@@ -8,14 +8,15 @@
     python train.py recipe=1b_wsd --cfg job           # the composed, resolved config, without running
 
 Exit codes (pretrain.errors): 0 done, 2 bad input (one line on stderr, nothing run, nothing in run_dir touched),
-75 preempted (a checkpoint was saved; `resume=auto` continues).
+3 diverged (train.max_bad_steps non-finite steps in a row), 75 preempted (a checkpoint was saved; `resume=auto`
+continues).
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "src"))
 
-from pretrain.errors import EXIT_BAD_INPUT, EXIT_OK, ConfigError  # noqa: E402
+from pretrain.errors import EXIT_BAD_INPUT, EXIT_OK, ConfigError, RunStopped  # noqa: E402
 
 
 def usage() -> str:
@@ -42,8 +43,8 @@ def usage() -> str:
               "  " + ", ".join(n for n, tp in sections.items() if n not in ("model", "data", "optim", "schedule")
                               and not dataclasses.is_dataclass(getattr(C, tp, None) if isinstance(tp, str) else tp)),
               "",
-              "exit codes: 0 done; 2 bad input (one line on stderr, nothing run, run_dir untouched); "
-              "75 preempted (checkpoint saved, resume=auto continues)"]
+              "exit codes: 0 done; 2 bad input (one line on stderr, nothing run, run_dir untouched); 3 diverged "
+              "(train.max_bad_steps non-finite steps in a row); 75 preempted (checkpoint saved, resume=auto continues)"]
     return "\n".join(lines)
 
 
@@ -91,6 +92,9 @@ def main(argv) -> int:
     except ConfigError as e:
         print("config error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, whatever the message
         return EXIT_BAD_INPUT
+    except RunStopped as e:
+        print(" ".join(str(e).split()), file=sys.stderr)
+        return e.exit_code
     return EXIT_OK
 
 

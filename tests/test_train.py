@@ -34,7 +34,8 @@ def test_validation_loss_falls_and_run_directory_contract(base_run):
     assert saved.train.steps == 40 and saved.optim.name == "adamw" and saved.recipe == "tiny"
     for step in (20, 40):
         ck = run_dir / "checkpoints" / f"step_{step}"
-        assert (ck / "model" / "model.safetensors").exists() and (ck / "trainer_state.json").exists()
+        assert (ck / "model.safetensors").exists() and (ck / "trainer_state.json").exists()
+        assert (ck / "manifest.json").exists() and not (ck / "model").exists()  # the weights once
         assert (ck / "data_state_rank0.json").exists()
     assert summary["val_loss"] == pytest.approx(ev[-1]["val_loss"])
 
@@ -64,7 +65,18 @@ def test_exported_llama_matches_our_model(base_run):
 
     from pretrain.model import GPT
     run_dir, _ = base_run
-    ours = GPT.from_pretrained(run_dir / "checkpoints" / "step_40" / "model").eval()
+    from omegaconf import OmegaConf
+    from safetensors.torch import load_file
+
+    from pretrain.build import model_config
+    from pretrain.config import from_dict
+    cfg = from_dict(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")))
+    ours = GPT(model_config(cfg, AutoModelForCausalLM.from_pretrained(run_dir / "final").config.vocab_size))
+    missing, unexpected = ours.load_state_dict(load_file(run_dir / "checkpoints" / "step_40" / "model.safetensors"),
+                                               strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}  # tied: saved once
+    ours.tie_weights()
+    ours.eval()
     llama = AutoModelForCausalLM.from_pretrained(run_dir / "final").eval()
     x = torch.randint(0, ours.config.vocab_size, (2, 32))
     with torch.no_grad():

@@ -10,11 +10,13 @@ from typing import Any, Callable
 import torch
 
 from . import checkpoint as ckpt
+from . import resume_rules
 from .batch_size import BatchSizes
 from .clipping import build_clip_policy
 from .config import RunConfig, build_run_schedule, launch_engine, optimizer_hparams, world_size_check
-from .errors import ConfigError
+from .errors import EXIT_DIVERGED, ConfigError, RunStopped
 from .noise_scale import NoiseScale
+from .optim import unwrap
 from .step import LoopEngine
 
 
@@ -53,18 +55,47 @@ class Run:
                 f"{cfg.optim['name']}, schedule {cfg.schedule['name']}")
 
 
-def start_checkpoint(cfg: RunConfig) -> str | None:
-    """Which checkpoint to start from; refuses to write over an existing run."""
-    run_dir = cfg.run_dir
+@dataclass
+class Source:
+    """Where a run starts: a checkpoint to resume (`branch` False) or to branch from (train.init_from), with the
+    config changes it accepted (`resume_rules.check`)."""
+    path: str
+    branch: bool
+    changes: dict
+
+
+def start_checkpoint(cfg: RunConfig, log=print) -> Source | None:
+    """Which checkpoint to start from, checked before anything is built: refuses to write over an existing run,
+    a corrupt checkpoint (resume=auto falls back to the newest intact one, saying so) and config changes the
+    checkpoint's run does not allow (`resume_rules`)."""
+    run_dir, world = cfg.run_dir, int(os.environ.get("WORLD_SIZE", "1"))
+    path, field = None, "resume"
     if cfg.resume == "auto":
-        return ckpt.latest_checkpoint(run_dir)
-    if cfg.resume != "none":
-        return cfg.resume
-    if os.path.isdir(run_dir) and any(os.path.exists(os.path.join(run_dir, f)) for f in
-                                      ("metrics.jsonl", "checkpoints", "final")):
+        path = ckpt.latest_good_checkpoint(run_dir, world, log)
+        if path is None and ckpt.list_checkpoints(run_dir):
+            raise ConfigError("resume", f"no intact checkpoint in {run_dir} (see the warnings above); nothing there "
+                              "was touched")
+    elif cfg.resume != "none":
+        path = cfg.resume
+    elif os.path.isdir(run_dir) and any(os.path.exists(os.path.join(run_dir, f)) for f in
+                                        ("metrics.jsonl", "checkpoints", "final")):
         raise ConfigError("resume", f"run_dir {run_dir!r} already holds a run; pass resume=auto to continue it, "
                           "or choose another run_dir (nothing there was touched)", ["none", "auto", "<checkpoint dir>"])
-    return None
+    if path is None and cfg.train.init_from:
+        path, field = cfg.train.init_from, "train.init_from"
+    if path is None:
+        return None
+    problem = ckpt.verify(path, world)
+    if problem:
+        raise ConfigError(field, f"checkpoint not usable: {problem}")
+    try:
+        old = ckpt.read_state(path)["config"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(field, f"{os.path.join(path, 'trainer_state.json')} is unreadable or not one of this "
+                          f"project's checkpoints ({type(e).__name__}: {e})")
+    branch = field == "train.init_from"
+    diff = resume_rules.check(old, cfg.to_dict(), branch=branch, overrides=cfg.resume_overrides, source=path)
+    return Source(path, branch, diff)
 
 
 def make_accelerator(cfg: RunConfig):
@@ -149,8 +180,9 @@ def check_plan(cfg: RunConfig, accelerator, log) -> None:
     log(f"plan: {plan.memory['total'] / 2 ** 30:.1f} of {plan.available / 2 ** 30:.1f} GiB per GPU ({strategy})")
 
 
-def build_run(cfg: RunConfig, log=None) -> Run:
-    """Everything the loop needs, in data-flow order; collective under several processes."""
+def build_run(cfg: RunConfig, log=None, stop=None) -> Run:
+    """Everything the loop needs, in data-flow order; collective under several processes. `stop`: the
+    `preemption.StopSignals` the step engine polls."""
     from accelerate.utils import set_seed
 
     from .data import build_data
@@ -159,11 +191,6 @@ def build_run(cfg: RunConfig, log=None) -> Run:
     accelerator, accum = make_accelerator(cfg)
     log = log or (lambda msg: accelerator.print(msg))
     check_plan(cfg, accelerator, log)
-    if accelerator.is_main_process:
-        os.makedirs(cfg.run_dir, exist_ok=True)
-        from omegaconf import OmegaConf
-        OmegaConf.save(OmegaConf.create(cfg.to_dict()), os.path.join(cfg.run_dir, "config.yaml"))
-    accelerator.wait_for_everyone()
     set_seed(cfg.seed)
     with accelerator.main_process_first():
         tokenizer, loader, val = build_data(cfg, rank=accelerator.process_index, world=accelerator.num_processes,
@@ -192,40 +219,64 @@ def build_run(cfg: RunConfig, log=None) -> Run:
     loader.batch_sizes = batches
     noise = NoiseScale(t.noise_scale_ema) if t.noise_scale and launch_engine() == "ddp" else None
     engine = LoopEngine(accelerator, model, fwd_model, optimizer, loader, batches=batches, seed=cfg.seed, clip=clip,
-                        is_deepspeed=is_ds, lr_rule=cfg.scaling.batch_lr_rule, noise=noise)
+                        is_deepspeed=is_ds, lr_rule=cfg.scaling.batch_lr_rule, noise=noise, stop=stop,
+                        max_bad_steps=t.max_bad_steps)
     model.train()
     engine.protocol.train_mode()
     return Run(cfg, accelerator, accum, tokenizer, loader, val, model, fwd_model, optimizer, schedule, engine, log)
 
 
-def resume(run: Run, source: str | None) -> int:
-    """Load model, optimizer, RNG, schedule and data position from checkpoint `source`; the step to start at."""
-    if not source:
+def resume(run: Run, source: Source | None) -> int:
+    """Load model, optimizer, RNG, schedule and data position from the checkpoint (with `resume_overrides`, the
+    changed optimizer hyperparameters are applied after); record the run's config; the step to start at."""
+    cfg = run.cfg
+    if source is None:
+        if run.accelerator.is_main_process:
+            resume_rules.record(cfg.run_dir, cfg.to_dict(), step=0, source=None, diff={})
         return 0
-    state, data_state = ckpt.load_checkpoint(run.accelerator, source)
+    fresh = [{k: v for k, v in g.items() if k != "params"} for g in unwrap(run.optimizer).param_groups]
+    try:
+        state, data_state = ckpt.load_checkpoint(run.accelerator, source.path)
+    except Exception as e:  # noqa: BLE001 - any failure of a loader is reported in one line, naming the checkpoint
+        field = "train.init_from" if source.branch else "resume"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConfigError(field, f"could not load the checkpoint {source.path}: {type(e).__name__}: {first}") from e
     start = int(state["step"])
     run.schedule.load_state_dict(state.get("schedule", {}))
     run.engine.clip.load_state_dict(state.get("clip", {}))
     run.engine.batches.load_state_dict(state.get("batch_sizes", {}))
+    run.engine.load_state_dict(state.get("engine", {}))
     if run.engine.noise is not None:
         run.engine.noise.load_state_dict(state.get("noise_scale", {}))
     run.loader.load_state_dict(data_state, start)
+    applied = resume_rules.apply_optimizer_overrides(run.optimizer, fresh, source.changes)
     run.protocol.train_mode()  # checkpoints hold the optimizer in eval mode
-    run.log(f"resumed from {source} at step {start}")
-    if start >= run.cfg.train.steps:
-        run.log(f"nothing to do: checkpoint step {start} >= train.steps {run.cfg.train.steps}")
+    if run.accelerator.is_main_process:
+        resume_rules.record(cfg.run_dir, cfg.to_dict(), step=start, source=source.path, diff=source.changes)
+    how = "branched from" if source.branch else "resumed from"
+    run.log(f"{how} {source.path} at step {start}" + (f"; applied to the optimizer: {', '.join(applied)}"
+                                                      if applied else ""))
+    if start >= cfg.train.steps:
+        run.log(f"nothing to do: checkpoint step {start} >= train.steps {cfg.train.steps}")
     return start
 
 
 def save(run: Run, step: int) -> str:
-    """A resumable checkpoint at `step` (the optimizer in eval mode, as the model is evaluated)."""
-    engine = run.engine
+    """A resumable checkpoint at `step` (the optimizer in eval mode, as the model is evaluated); never from
+    non-finite parameters (the run then stops, and the previous checkpoints stay the last good ones)."""
+    engine, acc = run.engine, run.accelerator
+    bad = torch.tensor(float(not all(bool(torch.isfinite(p).all()) for p in run.model.parameters())),
+                       device=acc.device)
+    if acc.reduce(bad, "sum").item() > 0:
+        raise RunStopped(f"stopped at step {step}: the parameters are not finite; no checkpoint was written from "
+                         f"them (the last good ones are in {os.path.join(run.cfg.run_dir, 'checkpoints')})",
+                         EXIT_DIVERGED)
     state = {"step": step, "schedule": run.schedule.state_dict(), "clip": engine.clip.state_dict(),
-             "batch_sizes": engine.batches.state_dict(),
+             "batch_sizes": engine.batches.state_dict(), "engine": engine.state_dict(),
              "noise_scale": engine.noise.state_dict() if engine.noise is not None else {}, "config": run.cfg.to_dict()}
     with run.protocol.evaluating():
-        return ckpt.save_checkpoint(run.accelerator, run.model, run.cfg.run_dir, step, state,
-                                    run.loader.state_dict(step), keep=run.cfg.train.keep_checkpoints)
+        return ckpt.save_checkpoint(acc, run.model, run.cfg.run_dir, step, state, run.loader.state_dict(step),
+                                    keep=run.cfg.train.keep_checkpoints, hf_copy=run.cfg.train.checkpoint_hf_copy)
 
 
 def evaluate(run: Run) -> float:

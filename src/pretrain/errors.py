@@ -4,6 +4,8 @@ Exit codes of `train.py` (and `accelerate launch train.py`), what `launch/slurm.
   0  EXIT_OK         the run finished (or `--help` / `--cfg job` printed what was asked)
   2  EXIT_BAD_INPUT  bad input: one line `config error: <field>: <what is wrong>` on stderr, nothing run,
                      nothing in the run directory touched
+  3  EXIT_DIVERGED   `train.max_bad_steps` non-finite steps in a row (NaN/Inf loss or gradient norm, each skipped):
+                     one line; the checkpoints in run_dir are the last good ones (none is written from such a state)
   75 EXIT_PREEMPTED  stopped by a signal (SIGTERM, SIGUSR1, SIGINT) at a step boundary after saving a checkpoint;
                      `resume=auto` continues it exactly (75 is sysexits' EX_TEMPFAIL: "try again later")
 """
@@ -16,7 +18,17 @@ from typing import Iterable
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
 EXIT_PREEMPTED = 75
+
+
+class RunStopped(Exception):
+    """The run stopped on purpose, with one line to print and an exit code: preempted (a checkpoint was saved) or
+    diverged (train.max_bad_steps non-finite steps in a row; nothing was written from them)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class ConfigError(ValueError):

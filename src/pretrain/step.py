@@ -29,10 +29,12 @@ synchronization); `mean(value)` (over processes); `steps_done()` (optimizer step
 from __future__ import annotations
 
 import contextlib
+import math
 
 import numpy as np
 import torch
 
+from .errors import EXIT_DIVERGED, RunStopped
 from .noise_scale import grad_sq
 from .optim import hessian_interval, needs_of, unwrap
 
@@ -141,10 +143,12 @@ class LoopEngine:
     `clipping.ClipPolicy`), step the optimizer (its protocol hooks run inside), zero the gradients."""
 
     def __init__(self, accelerator, model, fwd_model, optimizer, loader, *, batches, seed: int, clip,
-                 is_deepspeed: bool, lr_rule: str = "none", noise=None):
+                 is_deepspeed: bool, lr_rule: str = "none", noise=None, stop=None, max_bad_steps: int = 10):
         self.accelerator, self.model, self.fwd_model, self.optimizer = accelerator, model, fwd_model, optimizer
         self.loader, self.batches, self.seed, self.rank = loader, batches, seed, accelerator.process_index
         self.clip, self.is_deepspeed, self.lr_rule, self.noise = clip, is_deepspeed, lr_rule, noise
+        self.stop, self.stop_now, self.max_bad_steps = stop, False, max_bad_steps
+        self.steps_skipped = self.bad_in_a_row = 0
         self.step, self._batches = None, None
         self.protocol = StepProtocol(optimizer, self)
         self._rank_sq = None
@@ -187,7 +191,12 @@ class LoopEngine:
     def train_step(self, step: int, factor: float) -> tuple[float, dict]:
         """One optimizer step on global batch `step` with schedule factor `factor`: (mean loss, the step's record:
         the lr applied, batch_size (sequences), the clipping policy's record (grad_norm before clipping,
-        clip_threshold, clipped, clip_fraction) and, when measured, b_noise)."""
+        clip_threshold, clipped, clip_fraction), skipped (a non-finite step), steps_skipped).
+
+        A step whose loss or gradient norm is not finite is skipped: no update, parameters and optimizer state
+        unchanged (under DeepSpeed, whose engine owns the step, it is only counted); `max_bad_steps` of them in a
+        row make `check_bad_steps` raise `RunStopped`. A stop signal on any rank (`stop`: `preemption.StopSignals`) sets `stop_now` on
+        every rank, through the loss's all-reduce."""
         self.step, self._batches = step, None
         if self._rank_sq is not None:
             self._rank_sq.take()  # drop what a closure or Hessian pass added after the last measurement
@@ -205,21 +214,38 @@ class LoopEngine:
             if i == 0 and self.noise is not None and self._rank_sq is None and n > 1:
                 small = grad_sq(params) * n * n  # the first micro-batch's gradient (the loss was divided by n)
             losses.append(loss.detach().float())
+        stop = torch.tensor(float(self.stop is not None and self.stop.requested), device=losses[0].device)
+        loss, stop = acc.reduce(torch.stack([torch.stack(losses).mean(), stop]), "sum").tolist()  # one collective
+        loss, self.stop_now = loss / acc.num_processes, stop > 0
         record = {"lr": applied_lr(self.optimizer), "batch_size": self.batches.size(step)}
-        if self.noise is not None:
-            self._measure_noise(params, small, n)
-        clip = None if self.is_deepspeed else self.clip(params, lambda max_norm: acc.clip_grad_norm_(params, max_norm))
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.is_deepspeed:  # its engine clipped inside the step, by the global norm (config validation)
+        if self.is_deepspeed:  # its engine clips inside the step, by the global norm (config validation)
+            self.optimizer.step()
             norm = self.model.get_global_grad_norm()
             clip = self.clip(params, lambda max_norm: float("nan") if norm is None else norm)
-        loss = acc.reduce(torch.stack(losses).mean(), "mean").item()
-        return loss, {**record, **clip}
+            finite = math.isfinite(loss)
+        else:
+            big = grad_sq(params) if self.noise is not None else None  # before clipping
+            clip = self.clip(params, lambda max_norm: acc.clip_grad_norm_(params, max_norm))
+            finite = math.isfinite(loss) and math.isfinite(clip["grad_norm"])
+            if finite:
+                if self.noise is not None:
+                    self._measure_noise(small, big, n)
+                self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.bad_in_a_row = 0 if finite else self.bad_in_a_row + 1
+        self.steps_skipped += not finite
+        return loss, {**record, **clip, "skipped": int(not finite), "steps_skipped": self.steps_skipped}
 
-    def _measure_noise(self, params, small, n: int) -> None:
+    def check_bad_steps(self, loss: float, record: dict) -> None:
+        """RunStopped after `max_bad_steps` non-finite steps in a row (called once the step's row is logged)."""
+        if self.bad_in_a_row >= self.max_bad_steps:
+            raise RunStopped(f"stopped at step {self.step + 1}: {self.bad_in_a_row} non-finite steps in a row (loss "
+                             f"{loss}, gradient norm {record['grad_norm']}), each skipped; no checkpoint was written "
+                             f"from them (train.max_bad_steps = {self.max_bad_steps})", EXIT_DIVERGED)
+
+    def _measure_noise(self, small, big, n: int) -> None:
         """|G_small|^2 (first micro-batch, or each rank's gradient before the all-reduce) vs |G_big|^2 (the step's
-        gradient), before clipping; then an auto batch ramp may grow."""
+        gradient, before clipping); then an auto batch ramp may grow."""
         seq_len, size = self.batches.seq_len, self.batches.size(self.step)
         if self._rank_sq is not None:
             small, b_small = self.accelerator.reduce(self._rank_sq.take(), "mean"), size // self.accelerator.num_processes
@@ -227,9 +253,15 @@ class LoopEngine:
             b_small = size // n
         if small is None:
             return
-        self.noise.observe(small, b_small * seq_len, grad_sq(params), size * seq_len)
+        self.noise.observe(small, b_small * seq_len, big, size * seq_len)
         if self.batches.auto:
             self.batches.observe(self.step, self.noise.value(), self.noise.n)
+
+    def state_dict(self) -> dict:
+        return {"steps_skipped": self.steps_skipped, "bad_in_a_row": self.bad_in_a_row}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps_skipped, self.bad_in_a_row = int(state.get("steps_skipped", 0)), int(state.get("bad_in_a_row", 0))
 
 
 def applied_lr(optimizer) -> float:
