@@ -93,7 +93,60 @@ ROWS = [
         files={"blank/a.txt": b"", "blank/b.txt": b"\n\n"}),
     Row("corpus smaller than one batch", ("data=text_files", "data.paths=[{tmp}/small.txt]"),
         "fewer than one global batch", files={"small.txt": b"def f(x):\n    return x + 1\n" * 4}),
+    # checkpoints (the existing run in {tmp}/run has checkpoints/step_10)
+    Row("checkpoint missing its RNG file", ("resume=auto",), "resume: no intact checkpoint"),
+    Row("not a checkpoint (a model folder)", ("resume={tmp}/model",), "random_states_0.pkl: missing",
+        files={"model/config.json": b"{}"}),
+    Row("truncated checkpoint file", ("resume={tmp}/run/checkpoints/step_20",),
+        "model.safetensors: 10 bytes, the manifest says 100 (truncated", files=None),
+    Row("unreadable trainer_state.json", ("resume={tmp}/run/checkpoints/step_10",),
+        "is unreadable or not one of this project's checkpoints", files=None),
+    Row("resume with another model", ("resume=auto", "model.d_model=256"),
+        "was trained as another run: model.d_model 128 -> 256", files=None),
+    Row("resume with another optimizer", ("resume=auto", "optim=lion"),
+        "was trained as another run: optim.name 'adamw' -> 'lion'", files=None),
+    Row("resume with a changed lr", ("resume=auto", "optim.lr=3e-4"),
+        "pass resume_overrides=true", files=None),
 ]
+
+
+def _checkpoint(state: dict, step: int = 10, **files) -> dict:
+    """A complete-looking checkpoint step_<step> of the existing run: trainer_state.json from `state`, the files
+    every rank needs, and a manifest of them (`files` may replace any)."""
+    import json as _json
+    d = f"run/checkpoints/step_{step}/"
+    out = {d + "trainer_state.json": _json.dumps(state).encode(), d + "random_states_0.pkl": b"rng",
+           d + "data_state_rank0.json": b"{}", d + "model.safetensors": b"0" * 100}
+    out.update({d + k: v for k, v in files.items()})
+    manifest = {"files": {k[len(d):]: {"bytes": len(v), "sha256": hashlib.sha256(v).hexdigest()}
+                          for k, v in out.items()}}
+    out[d + "manifest.json"] = _json.dumps(manifest).encode()
+    return out
+
+
+def _tiny_state() -> dict:
+    from pretrain.config import load_config
+    return {"step": 10, "config": load_config([]).to_dict()}
+
+
+def _with_checkpoints(rows):
+    """The checkpoint rows' files, built from this project's own default config."""
+    state = _tiny_state()
+    special = {
+        "truncated checkpoint file": lambda: {**_checkpoint(state, 20),
+                                              "run/checkpoints/step_20/model.safetensors": b"0" * 10},
+        "unreadable trainer_state.json": lambda: _checkpoint(state, **{"trainer_state.json": b"not json"}),
+    }
+    out = []
+    for r in rows:
+        if r.files is None:
+            files = special[r.what]() if r.what in special else _checkpoint(state)
+            r = Row(r.what, r.args, r.expect, files, r.subprocess)
+        out.append(r)
+    return out
+
+
+ROWS = _with_checkpoints(ROWS)
 
 
 def command(row: Row) -> str:
