@@ -235,3 +235,18 @@ def test_resume_overrides_apply_the_new_lr_to_the_optimizer(two_checkpoints, tmp
     history = [json.loads(x) for x in open(run_dir / "config_history.jsonl")]
     assert history[-1]["step"] == 4 and history[-1]["changes"]["optim.lr"] == [0.003, 0.0003]
     assert history[-1]["changes"]["train.steps"] == [4, 6]
+
+
+def test_init_from_weights_only_branches_a_fresh_run(tmp_path):
+    """A branch with train.init_weights_only: the source's weights (its step-4 validation loss is the branch's
+    step-0 one), a different optimizer, step 0, the history naming the source."""
+    source = tmp_path / "source"
+    train_inprocess(["train.steps=4", "train.eval_every=4", "train.save_every=4", f"run_dir={source}"])
+    branch = tmp_path / "branch"
+    train_inprocess(["train.steps=3", "train.eval_every=3", f"run_dir={branch}", "optim=lion", "optim.lr=1e-4",
+                     f"train.init_from={source / 'checkpoints' / 'step_4'}", "train.init_weights_only=true"])
+    assert rows(branch, "eval")[0]["step"] == 0
+    assert rows(branch, "eval")[0]["val_loss"] == rows(source, "eval")[-1]["val_loss"]
+    assert [r["step"] for r in rows(branch)] == [1, 2, 3]
+    history = [json.loads(x) for x in open(branch / "config_history.jsonl")]
+    assert history[-1]["checkpoint"].endswith("step_4") and history[-1]["changes"]["optim.name"] == ["adamw", "lion"]

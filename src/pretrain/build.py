@@ -234,6 +234,12 @@ def resume(run: Run, source: Source | None) -> int:
         if run.accelerator.is_main_process:
             resume_rules.record(cfg.run_dir, cfg.to_dict(), step=0, source=None, diff={})
         return 0
+    if source.branch and cfg.train.init_weights_only:
+        load_weights(run, source.path)
+        if run.accelerator.is_main_process:
+            resume_rules.record(cfg.run_dir, cfg.to_dict(), step=0, source=source.path, diff=source.changes)
+        run.log(f"initialized the model from {source.path} (weights only: a fresh optimizer, schedule and data order)")
+        return 0
     fresh = [{k: v for k, v in g.items() if k != "params"} for g in unwrap(run.optimizer).param_groups]
     try:
         state, data_state = ckpt.load_checkpoint(run.accelerator, source.path)
@@ -259,6 +265,27 @@ def resume(run: Run, source: Source | None) -> int:
     if start >= cfg.train.steps:
         run.log(f"nothing to do: checkpoint step {start} >= train.steps {cfg.train.steps}")
     return start
+
+
+def load_weights(run: Run, path: str) -> None:
+    """The model's weights from checkpoint `path` (its consolidated model file), nothing else."""
+    from safetensors.torch import load_file
+
+    if launch_engine() != "ddp":
+        raise ConfigError("train.init_weights_only", f"loads a consolidated model file into an unsharded model; "
+                          f"under {launch_engine()} branch with the full state (init_weights_only=false)")
+    files = [os.path.join(path, "model.safetensors"), os.path.join(path, "model", "model.safetensors")]
+    found = next((f for f in files if os.path.exists(f)), None)
+    if found is None:
+        raise ConfigError("train.init_weights_only", f"{path} has no model.safetensors (a sharded checkpoint); "
+                          "branch with the full state, or write checkpoints with train.checkpoint_hf_copy=true")
+    model = run.accelerator.unwrap_model(run.model)
+    missing, unexpected = model.load_state_dict(load_file(found), strict=False)
+    tied = {"lm_head.weight"} if model.config.tie_embeddings else set()
+    if unexpected or set(missing) - tied:
+        raise ConfigError("train.init_from", f"{found} does not hold this model's weights (missing "
+                          f"{sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    model.tie_weights()
 
 
 def save(run: Run, step: int) -> str:

@@ -72,6 +72,7 @@ class TrainConfig:
     compile_optimizer: str = "auto"  # auto (on CPU where bench/ measured it pays, runs >= 500 steps) | always | never
     fast_kernels: bool = True  # fused CPU kernels for the reduction passes of sgd_hd, adam_hd, lars, lamb (optim/fast)
     init_from: Optional[str] = None  # a checkpoint directory to branch from (e.g. a WSD cooldown)
+    init_weights_only: bool = False  # with init_from: only the model's weights (fresh optimizer, step 0)
     progress: bool = True
     ignore_plan: bool = False  # on a GPU, launch even when the memory plan (pretrain.plan) says it does not fit
     batch_ramp: typing.Any = None  # null | auto | {start, increment, tokens} (sequences; pretrain.batch_size)

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import os
@@ -19,10 +20,16 @@ from ..errors import ConfigError
 
 
 def stdlib_files() -> list[str]:
+    return list(_stdlib_files())
+
+
+@functools.lru_cache(maxsize=1)
+def _stdlib_files() -> tuple[str, ...]:
+    """The embedded corpus's files, listed once per process (the glob over the stdlib takes ~1 s)."""
     root = sysconfig.get_paths()["stdlib"]
     files = sorted(glob.glob(os.path.join(root, "**", "*.py"), recursive=True))
     skip = ("site-packages", "test", "tests", "idle_test", "__pycache__")
-    return [f for f in files if not any(part in skip for part in os.path.relpath(f, root).split(os.sep)[:-1])]
+    return tuple(f for f in files if not any(part in skip for part in os.path.relpath(f, root).split(os.sep)[:-1]))
 
 
 HEAD_BYTES = 64 * 1024  # how much of each file is checked before anything is tokenized

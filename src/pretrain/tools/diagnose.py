@@ -36,7 +36,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
 
-from ..errors import ConfigError, check_number, check_range
+from ..errors import ConfigError, RunStopped, check_number, check_range
 
 VERDICTS = ("stable", "warmup", "clipping")
 ADVICE = {"stable": "no instability at these lrs: neither warmup nor clipping is what limits the lr",
@@ -205,22 +205,6 @@ def planted_spike(step: int | None, scale: float):
         step_module.LoopEngine.train_step = plain
 
 
-@contextlib.contextmanager
-def _stdlib_files_listed_once():
-    """The embedded corpus globs the whole stdlib on every build (~2 s of a tiny run here); the same list serves
-    every run of one diagnosis."""
-    import functools
-
-    from pretrain.data import corpus
-
-    plain = corpus.stdlib_files
-    corpus.stdlib_files = functools.lru_cache(maxsize=1)(plain)
-    try:
-        yield
-    finally:
-        corpus.stdlib_files = plain
-
-
 def _train(cfg, spike_step: int | None, spike_scale: float) -> list[dict]:
     """One run in this process; its metrics rows (also when it stopped at a non-finite loss)."""
     from accelerate.state import AcceleratorState, GradientState, PartialState
@@ -234,8 +218,8 @@ def _train(cfg, spike_step: int | None, spike_scale: float) -> list[dict]:
     with planted_spike(None if spike_step is None else spike_step - 1, spike_scale):
         try:
             train(cfg, log=lambda *_: None)
-        except FloatingPointError:
-            pass  # the rows end before train.steps: find_events calls it divergence
+        except RunStopped:
+            pass  # train.max_bad_steps non-finite steps: the rows end before train.steps (divergence)
     path = os.path.join(cfg.run_dir, "metrics.jsonl")
     return read_metrics(path) if os.path.exists(path) else []
 
@@ -305,15 +289,14 @@ def run_diagnosis(overrides: Sequence[str], out: str, *, lrs: Sequence[float] | 
     log(f"diagnose {cfg.recipe}: {steps} steps, warmup {warmup}, optim {cfg.optim['name']} (optim.lr "
         f"{cfg.optim['lr']:g}), clip.policy {cfg.clip.policy}"
         + (f"; planted spike x{spike_scale:g} at step {spike_step}" if spike_step is not None else ""))
-    with _stdlib_files_listed_once():
-        swept = [run(name, lr, 0, "sweep") for name, lr in sweep]
-        best = min(swept, key=lambda r: r["final_loss"])
-        if not math.isfinite(best["final_loss"]):
-            raise ConfigError("optim.lr", f"every lr of the sweep diverged ({', '.join(f'{lr:g}' for lr in lrs)}); "
-                              "sweep lower lrs (--lrs)")
-        lr_star = best["lr"]
-        log(f"lr* = {lr_star:.4g} (final loss {best['final_loss']:.4f})")
-        probed = [run(name, m * lr_star, eval_every, "probe") for name, m in probes]
+    swept = [run(name, lr, 0, "sweep") for name, lr in sweep]
+    best = min(swept, key=lambda r: r["final_loss"])
+    if not math.isfinite(best["final_loss"]):
+        raise ConfigError("optim.lr", f"every lr of the sweep diverged ({', '.join(f'{lr:g}' for lr in lrs)}); "
+                          "sweep lower lrs (--lrs)")
+    lr_star = best["lr"]
+    log(f"lr* = {lr_star:.4g} (final loss {best['final_loss']:.4f})")
+    probed = [run(name, m * lr_star, eval_every, "probe") for name, m in probes]
     judged = [best] + probed
     verdict = combine(r["verdict"] for r in judged)
     report = {"recipe": cfg.recipe, "overrides": list(overrides), "steps": steps, "warmup_steps": warmup,

@@ -48,6 +48,7 @@ def run_one(overrides: list[str], run_dir: str) -> float:
 
     from .. import data
     from ..config import load_config
+    from ..errors import RunStopped
     from ..loop import train
 
     if not getattr(data.build_data, "memoized", False):
@@ -59,7 +60,7 @@ def run_one(overrides: list[str], run_dir: str) -> float:
     cfg = load_config(list(overrides) + [f"run_dir={run_dir}"])
     try:
         loss = train(cfg, log=lambda *_: None)["val_loss"]
-    except FloatingPointError:
+    except RunStopped:  # train.max_bad_steps non-finite steps in a row: diverged
         loss = math.inf
     for sub in ("checkpoints", "final"):
         shutil.rmtree(os.path.join(run_dir, sub), ignore_errors=True)
