@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import transformers
 
 from pretrain.hf import Trainer, TrainingArguments, parse_optim_args
 from pretrain.model.gpt import GPT, GPTConfig
@@ -178,3 +179,38 @@ def test_optim_args_and_name_rules(tmp_path):
         make_args(tmp_path, optim="lion", optim_args="rho=0.1")
     with pytest.raises(ValueError, match="not a keyword of schedule 'wsd'"):
         make_args(tmp_path, lr_scheduler_type="wsd", lr_scheduler_kwargs={"decay_fractio": 0.1})
+
+
+def test_clip_policies_in_the_trainer(tmp_path):
+    """clip_policy=percentile: each step's threshold is numpy's 90th percentile of the previous steps' unclipped
+    norms (after a warm-up of 3), logged with the norm; value: every gradient element within +-value at the
+    optimizer step; bad policy names and keywords name the field."""
+    import numpy as np
+
+    from pretrain.errors import ConfigError
+    trainer = train(tmp_path, optim="pretrain:adamw", learning_rate=3e-3, max_steps=12, clip_policy="percentile",
+                    clip_kwargs={"warmup_steps": 3})
+    rows = [r for r in trainer.state.log_history if "loss" in r]
+    norms = [r["grad_norm"] for r in rows]
+    for t, r in enumerate(rows):
+        want = None if t < 3 else float(np.percentile(norms[:t], 90))
+        assert r["clip_threshold"] == (None if want is None else pytest.approx(want, rel=1e-12)), (t, r)
+        assert r["clipped"] == int(want is not None and norms[t] > want)
+
+    seen = []
+
+    class Check(transformers.TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+            seen.append(max(float(p.grad.abs().max()) for p in model.parameters() if p.grad is not None))
+    t2 = Trainer(model=tiny_gpt(), args=make_args(tmp_path, optim="pretrain:adamw", max_steps=3, clip_policy="value",
+                                                  clip_kwargs={"value": 2.0 ** -10}),
+                 train_dataset=Progressions(), callbacks=[Check()])
+    t2.train()
+    assert len(seen) == 3 and max(seen) == 2.0 ** -10  # exact in float32: clamped
+    for kw, field in [({"clip_policy": "p90"}, "clip_policy"),
+                      ({"clip_policy": "percentile", "clip_kwargs": {"percentile": 0}}, "clip_kwargs.percentile"),
+                      ({"clip_policy": "zscore", "clip_kwargs": {"z": -1}}, "clip_kwargs.z"),
+                      ({"clip_policy": "norm", "clip_kwargs": {"zz": 1}}, "clip_kwargs.zz")]:
+        with pytest.raises(ConfigError) as e:
+            make_args(tmp_path, **kw)
+        assert e.value.field == field, str(e.value)

@@ -185,6 +185,23 @@ class AGC(ClipPolicy):
         return self._result(norm, lam, clipped)
 
 
+def check_clip(c, prefix: str = "clip.") -> None:
+    """The policy's numbers in range (ConfigError naming `prefix + key`)."""
+    from .errors import ConfigError, check_number, check_range
+
+    if c.policy not in POLICIES:
+        raise ConfigError(f"{prefix}policy", f"unknown policy {c.policy!r}", list(POLICIES), got=c.policy)
+    for key in ("max_norm", "value", "z", "agc_lambda", "agc_eps"):
+        check_number(prefix + key, getattr(c, key), lo=0.0, lo_open=True, hi=math.inf, hi_open=True)
+    check_number(prefix + "percentile", c.percentile, lo=0.0, hi=100.0, lo_open=True)
+    check_number(prefix + "beta", c.beta, lo=0.0, hi=1.0, hi_open=True)
+    for key in ("window", "warmup_steps"):
+        v = getattr(c, key)
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise ConfigError(prefix + key, f"must be an integer, got {v!r}")
+        check_range(prefix + key, v, lo=0)
+
+
 POLICIES = {"none": NoClip, "norm": NormClip, "value": ValueClip, "percentile": PercentileClip,
             "zscore": ZScoreClip, "agc": AGC}
 

@@ -246,14 +246,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError("model.n_kv_head", f"must be a positive divisor of model.n_head ({m.n_head}), got {m.n_kv_head}")
     check_range("model.init_std", m.init_std, lo=0.0, lo_open=True)
     check_range("data.val_fraction", d.val_fraction, lo=0.0, hi=1.0, hi_open=True)
-    c = cfg.clip
-    for f, v in [("clip.max_norm", c.max_norm), ("clip.value", c.value), ("clip.z", c.z),
-                 ("clip.agc_lambda", c.agc_lambda), ("clip.agc_eps", c.agc_eps)]:
-        check_number(f, v, lo=0.0, lo_open=True, hi=math.inf, hi_open=True)
-    check_number("clip.percentile", c.percentile, lo=0.0, hi=100.0, lo_open=True)
-    check_number("clip.beta", c.beta, lo=0.0, hi=1.0, hi_open=True)
-    check_range("clip.window", c.window, lo=0)
-    check_range("clip.warmup_steps", c.warmup_steps, lo=0)
+    from .clipping import check_clip
+    check_clip(cfg.clip)
     check_number("train.noise_scale_ema", t.noise_scale_ema, lo=0.0, hi=1.0, hi_open=True)
     from .batch_size import check_ramp
     check_ramp(t)

@@ -43,6 +43,10 @@ optimizer step by transformers' loop):
     and `optimizer.eval()` for evaluation; here the optimizer is also put in eval mode for `save_model`
     (checkpoints) and at the end of `train()`, so the model holds the weights one evaluates.
 
+Clipping. `clip_policy` (with `clip_kwargs`) runs one of the loop's policies (`pretrain.clipping`) in place of
+transformers' `max_grad_norm` clipping, through its `_clip_grad_norm` / `_get_grad_norm` hooks; training log rows
+get `clip_threshold`, `clipped`, `clip_fraction`. The policy's statistics restart when a Trainer run resumes.
+
 Limitations: closure and Hessian optimizers are rejected with DeepSpeed (its engine steps the optimizer on
 its own flat partitions) and with fp16 (the gradient scaler does not support closures and would scale the
 recomputed gradients), Muon with DeepSpeed (ZeRO flattens its matrices); use bf16 or fp32, DDP or FSDP.
@@ -155,6 +159,12 @@ class TrainingArguments(transformers.TrainingArguments):
     optim_args: str | None = field(default=None, metadata={
         "help": "Optimizer keywords as 'k=v,k2=v2' (or a dict in Python); for pretrain's optimizers values are "
                 "Python literals and 'a|b' is a tuple."})
+    clip_policy: str | None = field(default=None, metadata={
+        "help": "A pretrain.clipping policy (none, norm, value, percentile, zscore, agc) in place of "
+                "transformers' max_grad_norm clipping; None keeps transformers'. norm clips at max_grad_norm."})
+    clip_kwargs: dict | None = field(default=None, metadata={
+        "help": "The policy's keywords (pretrain.config.ClipConfig: percentile, window, warmup_steps, z, beta, "
+                "value, agc_lambda, agc_eps)."})
 
     def __post_init__(self):
         # transformers' __post_init__ turns both fields into enums: hand it placeholders for our names
@@ -171,6 +181,8 @@ class TrainingArguments(transformers.TrainingArguments):
             self.optimizer_hparams()  # validate now
         elif isinstance(self.optim_args, dict):  # transformers' optimizers read a "k=v,..." string
             self.optim_args = ",".join(f"{k}={v}" for k, v in self.optim_args.items())
+        if self.clip_policy is not None:
+            self.clip_config()  # validate now
         if ours_schedule:
             self.lr_scheduler_type = schedule
             if get_schedule_spec(ours_schedule).controller:
@@ -181,6 +193,28 @@ class TrainingArguments(transformers.TrainingArguments):
                 self.build_schedule(self.max_steps)  # validate names and values now
             else:
                 validate_kwargs(ours_schedule, self.schedule_kwargs(1))
+
+    def clip_config(self):
+        """The `clip_policy` as a ClipConfig (norm's threshold: max_grad_norm), validated."""
+        import dataclasses
+
+        from .clipping import POLICIES, check_clip
+        from .config import ClipConfig
+
+        if self.clip_policy not in POLICIES:
+            raise ConfigError("clip_policy", f"unknown policy {self.clip_policy!r}", list(POLICIES),
+                              got=self.clip_policy)
+        kw = dict(self.clip_kwargs or {})
+        names = [f.name for f in dataclasses.fields(ClipConfig) if f.name not in ("policy", "max_norm")]
+        for k in kw:
+            if k not in names:
+                raise ConfigError(f"clip_kwargs.{k}", "unknown key", names, got=k)
+        c = ClipConfig(policy=self.clip_policy, max_norm=self.max_grad_norm if self.max_grad_norm > 0 else 1.0, **kw)
+        check_clip(c, prefix="clip_kwargs.")
+        if self.deepspeed and c.policy not in ("none", "norm"):
+            raise ConfigError("clip_policy", f"{c.policy!r}: DeepSpeed clips inside its engine, by the global norm "
+                              "only", ["none", "norm"], got=c.policy)
+        return c
 
     @property
     def registry_optimizer(self) -> str | None:
@@ -320,6 +354,33 @@ class Trainer(transformers.Trainer):
             self._step_batches = None
             if self._protocol is not None:
                 self._protocol.eval_mode()
+
+    # -- clipping (args.clip_policy): the loop's policies, through transformers' two gradient-norm hooks ---------
+    _clip = _clip_record = None
+
+    def _clip_grad_norm(self, model):
+        if self.args.clip_policy is None:
+            return super()._clip_grad_norm(model)
+        return self._apply_clip(model)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        if self.args.clip_policy is not None and grad_norm is None:  # max_grad_norm <= 0: no _clip_grad_norm call
+            grad_norm = self._apply_clip(model)
+        return super()._get_grad_norm(model, grad_norm)
+
+    def _apply_clip(self, model) -> float:
+        from .clipping import build_clip_policy
+
+        if self._clip is None:
+            self._clip = build_clip_policy(self.args.clip_config(), self.accelerator.unwrap_model(model))
+        params = list(model.parameters())
+        self._clip_record = self._clip(params, lambda max_norm: self.accelerator.clip_grad_norm_(params, max_norm))
+        return self._clip_record["grad_norm"]
+
+    def log(self, logs, *args, **kwargs):
+        if self._clip_record is not None and "loss" in logs:  # a training row: the step's clipping record
+            logs = {**logs, **{k: self._clip_record[k] for k in ("clip_threshold", "clipped", "clip_fraction")}}
+        return super().log(logs, *args, **kwargs)
 
     def save_model(self, output_dir=None, _internal_call=False):
         if self._protocol is not None:
