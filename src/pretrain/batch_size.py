@@ -6,9 +6,10 @@
                                          capped at G, T = tokens read before it, m = (G - S) / I: S, S+I, ..., each
                                          for an equal share of the first N tokens, then G
   auto  or  {start: S, increment: I, tokens: auto}
-                                         start at S (auto: micro batch x processes, x 2 on one process) and grow, never shrink, to the
-                                         gradient noise scale B_noise (`noise_scale.py`, the critical batch of
-                                         McCandlish et al. 2018) rounded up to a multiple of I, capped at G
+                                         start at S (auto: micro batch x processes, x 2 on one process) and
+                                         grow, never shrink, to the gradient noise scale B_noise
+                                         (`noise_scale.py`, the critical batch of McCandlish et al. 2018)
+                                         rounded up to a multiple of I, capped at G
 
 A size is always a multiple of micro batch x processes (its gradient-accumulation steps change with it). The lr
 follows the batch-size rule (`scaling.batch_lr_rule`) at every size: the run's lr is the lr at G, and a step of B
@@ -120,7 +121,7 @@ class BatchSizes:
                               f"run's {self.stages} (stages: first step, sequences, consumed before)")
 
 
-def check_ramp(train, world_hint: int = 1) -> None:
+def check_ramp(train) -> None:
     """Config validation of train.batch_ramp (before anything is built)."""
     ramp = train.batch_ramp
     if ramp is None or ramp == "auto":

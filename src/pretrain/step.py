@@ -195,8 +195,8 @@ class LoopEngine:
 
         A step whose loss or gradient norm is not finite is skipped: no update, parameters and optimizer state
         unchanged (under DeepSpeed, whose engine owns the step, it is only counted); `max_bad_steps` of them in a
-        row make `check_bad_steps` raise `RunStopped`. A stop signal on any rank (`stop`: `preemption.StopSignals`) sets `stop_now` on
-        every rank, through the loss's all-reduce."""
+        row make `check_bad_steps` raise `RunStopped`. A stop signal on any rank (`stop`:
+        `preemption.StopSignals`) sets `stop_now` on every rank, through the loss's all-reduce."""
         self.step, self._batches = step, None
         if self._rank_sq is not None:
             self._rank_sq.take()  # drop what a closure or Hessian pass added after the last measurement
@@ -224,11 +224,12 @@ class LoopEngine:
             clip = self.clip(params, lambda max_norm: float("nan") if norm is None else norm)
             finite = math.isfinite(loss)
         else:
-            big = grad_sq(params) if self.noise is not None else None  # before clipping
+            measure = self.noise is not None and (small is not None or self._rank_sq is not None)
+            big = grad_sq(params) if measure else None  # before clipping
             clip = self.clip(params, lambda max_norm: acc.clip_grad_norm_(params, max_norm))
             finite = math.isfinite(loss) and math.isfinite(clip["grad_norm"])
             if finite:
-                if self.noise is not None:
+                if measure:
                     self._measure_noise(small, big, n)
                 self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -248,11 +249,10 @@ class LoopEngine:
         gradient, before clipping); then an auto batch ramp may grow."""
         seq_len, size = self.batches.seq_len, self.batches.size(self.step)
         if self._rank_sq is not None:
-            small, b_small = self.accelerator.reduce(self._rank_sq.take(), "mean"), size // self.accelerator.num_processes
+            small = self.accelerator.reduce(self._rank_sq.take(), "mean")
+            b_small = size // self.accelerator.num_processes
         else:
             b_small = size // n
-        if small is None:
-            return
         self.noise.observe(small, b_small * seq_len, big, size * seq_len)
         if self.batches.auto:
             self.batches.observe(self.step, self.noise.value(), self.noise.n)
