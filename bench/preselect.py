@@ -9,11 +9,11 @@ seeds 0, 1, 2 for every configuration. A configuration is (family, peak lr, warm
 
 * FIT (the loss predictors' runs): constant, cosine, linear, wsd_1sqrt x peak {1e-3, 3e-3, 1e-2} x warmup 5,
   and the same four families at peak 3e-3 with warmup 20 (16 configurations).
-* DIV_FIT (only the divergence rule sees them): constant, cosine x peak {0.3, 1, 3} x warmup 5, and constant at
-  peak 1 with warmup 20 (7 configurations).
+* DIV_FIT (only the divergence rule sees them): constant, cosine x peak {0.1, 0.3, 1, 3} x warmup 5, and
+  constant at peak 1 with warmup 20 (9 configurations).
 * HELD_OUT (never in any fit): all seven families (the four above, wsd_linear, power, mpl) x peak {2e-3, 6e-3}
-  x warmup 10 (14 configurations); for the divergence F1 also wsd_1sqrt, linear, power x peak {0.5, 2} x warmup
-  10 (6 configurations). The mpl family's schedules are optimized under the Multi-Power Law fitted on FIT
+  x warmup 10 (14 configurations); for the divergence F1 also wsd_1sqrt, linear, power x peak {0.05, 0.15, 0.5, 2}
+  x warmup 10 (12 configurations, two of them on each side of the boundary the fit runs leave open). The mpl family's schedules are optimized under the Multi-Power Law fitted on FIT
   (`pretrain.preselect.mpl_candidate_lrs`, 2000 iterations), then trained.
 
 Evaluation (fits: `pretrain.preselect.preselect`):
@@ -23,10 +23,10 @@ Evaluation (fits: `pretrain.preselect.preselect`):
   the predicted top two.
 * out-of-family: for each FIT family, refit without any of its runs and rank its held-out configurations among
   all; reported: the predicted and true rank of the family's best configuration, the pick, and the top-2 hit.
-* divergence F1 over the 20 held-out configurations (label: most seeds diverged; a run diverged if its loss
+* divergence F1 over the 26 held-out configurations (label: most seeds diverged; a run diverged if its loss
   became non-finite, it stopped early, or its loss rose above its initial value), rule learned on FIT + DIV_FIT.
 
-    python bench/preselect.py --workers 2        # 129 runs of ~5 s alone (~50 s each on the shared CPU), then fits
+    python bench/preselect.py --workers 2        # 153 runs of ~5 s alone (~50 s each on the shared CPU), then fits
     python bench/preselect.py --quick --out /tmp/ps   # smoke mode: 30 steps, seed 0, 14 runs
 
 Runs live in <out>/runs/<config>_s<seed>; a finished run (marker bench.json with the same overrides) is
@@ -78,9 +78,10 @@ def grids(quick: bool) -> dict:
                 "div_held_out": [("wsd_linear", 3.0, 3)]}
     return {
         "fit": [(f, p, 5) for f in FIT_FAMILIES for p in (1e-3, 3e-3, 1e-2)] + [(f, 3e-3, 20) for f in FIT_FAMILIES],
-        "div_fit": [(f, p, 5) for f in ("constant", "cosine") for p in (0.3, 1.0, 3.0)] + [("constant", 1.0, 20)],
+        "div_fit": [(f, p, 5) for f in ("constant", "cosine") for p in (0.3, 1.0, 3.0)] + [("constant", 1.0, 20)]
+        + [(f, 0.1, 5) for f in ("constant", "cosine")],
         "held_out": [(f, p, 10) for f in FAMILIES for p in (2e-3, 6e-3)],
-        "div_held_out": [(f, p, 10) for f in ("wsd_1sqrt", "linear", "power") for p in (0.5, 2.0)],
+        "div_held_out": [(f, p, 10) for f in ("wsd_1sqrt", "linear", "power") for p in (0.5, 2.0, 0.05, 0.15)],
     }
 
 

@@ -21,8 +21,9 @@ gets the resamples' std, a 5-95% interval, and the fraction of resamples in whic
 
 Divergence flag: a run diverged if its loss became non-finite, it stopped before train.steps (the loop stops a run
 whose loss is not finite), or its loss rose above its initial value (validation loss above the step-0 value, or a
-5-step moving average of the training loss above the first training loss). An L2-regularized logistic regression
-on (log peak lr, log(1 + warmup)) is fitted to diverged vs not; a candidate is flagged when its probability > 0.5.
+5-step moving average of the training loss after the warmup above the first training loss, each by more than 5%).
+An L2-regularized logistic regression on (log peak lr reached, log(1 + warmup)) is fitted to diverged vs not; a
+candidate is flagged when its probability > 0.5.
 The loss predictors are fitted on the runs that did not diverge.
 """
 from __future__ import annotations
@@ -120,18 +121,25 @@ def _moving_average(y: np.ndarray, w: int) -> np.ndarray:
     return np.convolve(y, np.ones(w) / w, mode="valid")
 
 
+RISE = 0.05  # "rose above its initial value": by more than 5% (the noise of a 5-step mean of per-batch losses is ~1%)
+
+
 def divergence(train_losses: np.ndarray, train_steps: np.ndarray, val_losses: np.ndarray, val_steps: np.ndarray,
-               total_steps: int) -> tuple[bool, str]:
-    """(diverged, reason) by the rule in the module docstring."""
+               total_steps: int, warmup: int = 0) -> tuple[bool, str]:
+    """(diverged, reason) by the rule in the module docstring. The training loss counts only after the warmup: while
+    the lr is still near 0 a 5-step mean of per-batch losses wanders around the initial value."""
     if train_losses.size and not np.all(np.isfinite(train_losses)):
         return True, f"non-finite loss at step {int(train_steps[~np.isfinite(train_losses)][0])}"
     last = int(train_steps.max()) if train_steps.size else 0
     if last < total_steps:
         return True, f"stopped at step {last} of {total_steps}"
-    if val_losses.size > 1 and val_steps[0] == 0 and np.nanmax(val_losses[1:]) > val_losses[0]:
-        return True, f"validation loss rose above its initial value {val_losses[0]:.3f}"
-    if train_losses.size > 5 and _moving_average(train_losses, 5).max() > train_losses[0]:
-        return True, f"training loss rose above its initial value {train_losses[0]:.3f}"
+    if val_losses.size > 1 and val_steps[0] == 0 and np.nanmax(val_losses[1:]) > (1 + RISE) * val_losses[0]:
+        return True, f"validation loss rose above its initial value {val_losses[0]:.3f} by more than {RISE:.0%}"
+    if train_losses.size > 5:
+        ma = _moving_average(train_losses, 5)
+        after = ma[train_steps[4:] > warmup]
+        if after.size and after.max() > (1 + RISE) * train_losses[0]:
+            return True, f"training loss rose above its initial value {train_losses[0]:.3f} by more than {RISE:.0%}"
     return False, ""
 
 
@@ -161,8 +169,9 @@ def load_run(path) -> RunRecord:
     t_loss = np.array([np.nan if r["loss"] is None else float(r["loss"]) for r in tr])
     v_steps = np.array([int(r["step"]) for r in ev], dtype=np.int64)
     v_loss = np.array([float(r["val_loss"]) for r in ev])
-    lrs, warmup, peak = _schedule_of_config(cfg)
-    diverged, reason = divergence(t_loss, t_steps, v_loss, v_steps, lrs.size)
+    lrs, warmup, _ = _schedule_of_config(cfg)
+    peak = float(lrs.max())  # the lr reached (the power schedule caps its nominal peak)
+    diverged, reason = divergence(t_loss, t_steps, v_loss, v_steps, lrs.size, warmup)
     group = json.dumps({"schedule": cfg.get("schedule"), "lr": _get(cfg, "optim.lr")}, sort_keys=True)
     return RunRecord(d.name, lrs, warmup, peak, v_steps, v_loss, diverged, reason, cfg, group=group)
 
@@ -557,7 +566,7 @@ def preselect(runs: Sequence[RunRecord], candidates: Sequence[Candidate], div_ru
     warm = [c.warmup for c in candidates]
     L = [lrs[c.name] for c in candidates]
     rule = DivergenceRule().fit(runs + div_runs)
-    flag_prob = rule.prob([c.peak for c in candidates], warm)
+    flag_prob = rule.prob([float(lrs[c.name].max()) for c in candidates], warm)
     flagged = flag_prob > 0.5
     rng = np.random.default_rng(seed)
     preds = {}
