@@ -43,7 +43,6 @@ import shutil
 import subprocess
 import sys
 import time
-import warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
@@ -212,7 +211,7 @@ def worker(args) -> int:
                 try:
                     train_one(args, cfg, seed)
                     break
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     if attempt == 2:
                         raise
                     print(f"  {config_name(*cfg)}_s{seed}: {type(e).__name__}: {e}; retrying in 30 s", flush=True)
@@ -314,9 +313,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.train_only:
         return worker(args)
-    import numpy as np
     import torch
     torch.set_num_threads(1)
+    from pretrain.errors import ConfigError
     from pretrain.preselect import f1_score, preselect
 
     t_start = time.time()
@@ -380,7 +379,7 @@ def main(argv=None) -> int:
         try:
             r2 = preselect(sub, [cands[i] for i in stable_idx], div_runs, bootstrap={"mpl": 0, "features": 0},
                            mpl_fit={"init": init, "restarts": 1})
-        except Exception as e:  # e.g. no decaying run left for the MPL fit
+        except (ConfigError, ValueError) as e:  # e.g. no decaying run left for the MPL fit
             results["out_of_family"][fam] = {"error": str(e)}
             continue
         entry = {}

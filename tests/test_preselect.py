@@ -8,9 +8,21 @@ import pytest
 import yaml
 
 from pretrain.errors import ConfigError
-from pretrain.preselect import (Candidate, DivergenceRule, FeatureRegression, MPLPredictor, RunRecord, candidate_lrs,
-                                check_compatible, divergence, f1_score, parse_grid, preselect, schedule_features,
-                                top2_hit)
+from pretrain.preselect import (
+    Candidate,
+    DivergenceRule,
+    FeatureRegression,
+    MPLPredictor,
+    RunRecord,
+    candidate_lrs,
+    check_compatible,
+    divergence,
+    f1_score,
+    parse_grid,
+    preselect,
+    schedule_features,
+    top2_hit,
+)
 from pretrain.schedules.mpl import MPLParams, predict
 
 # a hand-made schedule: warmup of 2 steps, a plateau, a drop, a bump back up, a tail

@@ -31,9 +31,9 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -344,7 +344,7 @@ class FeatureRegression:
     def __init__(self, c: float | None = None, lam: float | None = None):
         self.c, self.lam = c, lam
 
-    def fit(self, runs: Sequence[RunRecord]) -> "FeatureRegression":
+    def fit(self, runs: Sequence[RunRecord]) -> FeatureRegression:
         runs = [r for r in runs if not r.diverged]
         if len(runs) < MIN_REGRESSION_RUNS:
             raise ConfigError("runs", f"the feature regression needs at least {MIN_REGRESSION_RUNS} runs that did not "
@@ -423,7 +423,7 @@ class MPLPredictor:
     def __init__(self, skip_fraction: float = 0.1, init=None, restarts: int = 3, steps: int = 400):
         self.skip_fraction, self.init, self.restarts, self.steps = skip_fraction, init, restarts, steps
 
-    def fit(self, runs: Sequence[RunRecord]) -> "MPLPredictor":
+    def fit(self, runs: Sequence[RunRecord]) -> MPLPredictor:
         from .schedules.mpl import fit
         runs = [r for r in runs if not r.diverged]
         if len(runs) < 2:
@@ -457,7 +457,7 @@ class MPLPredictor:
         p = self.params.to_dict()
         return ", ".join(f"{k} {v:.4g}" for k, v in p.items()) + f"; fit mean |rel err| {self.mare:.3%}"
 
-    def bootstrap_copy(self) -> "MPLPredictor":
+    def bootstrap_copy(self) -> MPLPredictor:
         """Resample refits start from this fit (one restart): cheaper, and the same basin."""
         return MPLPredictor(self.skip_fraction, init=self.params, restarts=1, steps=max(self.steps // 2, 50))
 
@@ -474,7 +474,7 @@ class DivergenceRule:
         peaks, warmups = np.asarray(peaks, dtype=np.float64), np.asarray(warmups, dtype=np.float64)
         return np.stack([np.log(peaks), np.log1p(warmups)], 1)
 
-    def fit(self, runs: Sequence[RunRecord]) -> "DivergenceRule":
+    def fit(self, runs: Sequence[RunRecord]) -> DivergenceRule:
         y = np.array([float(r.diverged) for r in runs])
         self.n_diverged, self.n = int(y.sum()), y.size
         if self.n_diverged == 0 or self.n_diverged == self.n:
@@ -642,6 +642,23 @@ def expand_run_dirs(paths: Sequence) -> list[str]:
     return out
 
 
-__all__ = ["Candidate", "DivergenceRule", "FEATURES", "FeatureRegression", "MPLPredictor", "RunRecord",
-           "candidate_lrs", "check_compatible", "divergence", "expand_run_dirs", "f1_score", "load_run", "load_runs",
-           "mpl_candidate_lrs", "parse_grid", "preselect", "schedule_features", "top2_hit"]
+__all__ = [
+    "FEATURES",
+    "Candidate",
+    "DivergenceRule",
+    "FeatureRegression",
+    "MPLPredictor",
+    "RunRecord",
+    "candidate_lrs",
+    "check_compatible",
+    "divergence",
+    "expand_run_dirs",
+    "f1_score",
+    "load_run",
+    "load_runs",
+    "mpl_candidate_lrs",
+    "parse_grid",
+    "preselect",
+    "schedule_features",
+    "top2_hit",
+]

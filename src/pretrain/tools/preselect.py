@@ -63,12 +63,12 @@ def winner_recipe(res: dict, out: Path, schedule_files: dict) -> str:
     d = res["predictions"][sel]
     lines = [
         "# @package _global_",
-        f"# Winner of `python -m pretrain.tools.preselect` (selected by the {sel} predictor among "
-        f"{len(res['candidates'])} candidates): {c.name}",
-        f"# predicted final loss {d['mean'][i]:.4f} +- {d['std'][i]:.4f} (bootstrap, {d['n_boot']} refits), "
-        f"P(best) {d['p_best'][i]:.2f}; P(diverge) {res['flag_prob'][i]:.2f}",
-        f"# small runs: {res['n_runs']} ({res['n_fit_runs']} fitted), {res['steps']} steps. The peak lr is the small "
-        "runs'; transfer it (muP) before a larger model.",
+        (f"# Winner of `python -m pretrain.tools.preselect` (selected by the {sel} predictor among "
+         f"{len(res['candidates'])} candidates): {c.name}"),
+        (f"# predicted final loss {d['mean'][i]:.4f} +- {d['std'][i]:.4f} (bootstrap, {d['n_boot']} refits), "
+         f"P(best) {d['p_best'][i]:.2f}; P(diverge) {res['flag_prob'][i]:.2f}"),
+        (f"# small runs: {res['n_runs']} ({res['n_fit_runs']} fitted), {res['steps']} steps. The peak lr is the small "
+         "runs'; transfer it (muP) before a larger model."),
         "# Use: copy to recipes/recipe/<name>.yaml and train with recipe=<name>, or pass the overrides:",
         "#   python train.py " + " ".join(ov),
         "defaults:",
