@@ -6,9 +6,9 @@ over seeds; `pretrain.tools.lr_sweep` finds the optimum per width (depth) and th
 log2 width (depth). What it must show: |drift| under muP < 0.15 and clearly larger under SP; the same across depth
 for CompleteP vs muP.
 
-    python bench/mutransfer.py                       # both sweeps, 3 seeds (~60-90 min on a shared 2-core CPU)
+    python bench/mutransfer.py                       # both sweeps, 3 seeds (~2.5 h on a shared 2-core CPU)
     python bench/mutransfer.py --only width          # or depth
-    python bench/mutransfer.py --quick               # 2 widths x 3 lrs x 1 seed, 10 steps (a test runs it)
+    python bench/mutransfer.py --quick               # smoke run: 2 widths x 3 lrs x 1 seed, 10 steps (~1 min)
 
 Runs append to <out>/results.jsonl as they finish; rerunning continues where it stopped. Prints the tables and the
 drift slopes and writes <out>/width.png, <out>/depth.png.
@@ -38,6 +38,7 @@ def main(argv=None) -> int:
     ap.add_argument("--widths", default="64,128,256,512")
     ap.add_argument("--depths", default="2,4,8,16")
     ap.add_argument("--log2-lrs", default="-10:-5")
+    ap.add_argument("--sp-log2-lrs", default="-12:-5", help="SP's grid (its optimum moves down with the width)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--out", default="runs/bench_mutransfer")
@@ -47,7 +48,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     if a.quick:
         a.widths, a.depths, a.log2_lrs, a.seeds, a.steps = "32,64", "1,2", "-8:-4:2", "0", 10
-    lrs = lr_sweep.parse_lrs(argparse.Namespace(lrs=None, log2_lrs=a.log2_lrs))
+    grid = lambda text: lr_sweep.parse_lrs(argparse.Namespace(lrs=None, log2_lrs=text))  # noqa: E731
+    lrs, sp_lrs = grid(a.log2_lrs), grid(a.sp_log2_lrs if not a.quick else a.log2_lrs)
     seeds = [int(s) for s in a.seeds.split(",")]
     width = 64 if not a.quick else 32
     sweeps = {"width": (("sp", "mup"), [int(v) for v in a.widths.split(",")], ["model.n_layer=2"]),
@@ -60,12 +62,13 @@ def main(argv=None) -> int:
         results = {}
         for i in range(len(seeds)):  # seed by seed, both parametrizations: a partial run already compares them
             for name in names:
-                rows = lr_sweep.sweep(parametrization=name, xs=xs, axis=axis, lrs=lrs, seeds=seeds[:i + 1],
-                                      steps=a.steps, out=out, overrides=COMMON + fixed, base_width=width,
-                                      runner="fast", log=lambda m: print(m, flush=True))
+                lr_sweep.sweep(parametrization=name, xs=xs, axis=axis, lrs=sp_lrs if name == "sp" else lrs,
+                               seeds=seeds[:i + 1], steps=a.steps, out=out, overrides=COMMON + fixed,
+                               base_width=width, runner="fast", log=lambda m: print(m, flush=True))
         for name in names:
             rows = [r for r in lr_sweep.read_results(os.path.join(out, "results.jsonl"))
-                    if r["parametrization"] == name and r["seed"] in seeds and r["lr"] in lrs and r[axis] in xs]
+                    if r["parametrization"] == name and r["seed"] in seeds and r[axis] in xs
+                    and r["lr"] in (sp_lrs if name == "sp" else lrs)]
             results[name] = lr_sweep.summarize(rows, axis)
             print(lr_sweep.table(*results[name], axis, f"### {name} ({axis}, {len(seeds)} seeds, {a.steps} steps)"))
             slopes[(axis, name)] = results[name][2]
