@@ -16,8 +16,10 @@ from pretrain.preselect import (
     RunRecord,
     candidate_lrs,
     check_compatible,
+    config_diverged,
     divergence,
     f1_score,
+    flag_threshold,
     parse_grid,
     preselect,
     schedule_features,
@@ -150,6 +152,28 @@ def test_divergence_rule_and_run_labels():
     assert divergence(up, steps, np.array([6.0, 5.0]), np.array([0, 10]), 10)[0]
     ok = np.linspace(6.0, 4.0, 10)
     assert divergence(ok, steps, np.array([6.0, 4.5]), np.array([0, 10]), 10) == (False, "")
+
+
+def test_configuration_label_and_its_matching_flag_threshold():
+    def rec(d):
+        return RunRecord("r", np.ones(3), 0, 1.0, np.array([3]), np.array([1.0]), diverged=d)
+
+    assert [config_diverged([rec(d) for d in ds]) for ds in ([1, 1, 0], [1, 0, 0], [0, 0, 0], [1, 1, 1])] == \
+        [True, False, False, True]  # most of 3 = at least 2
+    assert config_diverged([rec(1), rec(0), rec(0)], k=1) and not config_diverged([rec(0)] * 3, k=1)
+    assert not config_diverged([rec(1), rec(1), rec(0), rec(0)])  # most of 4 = at least 3
+    # the threshold: P(at least k of n seeds diverge) = 1/2, against a binomial tail summed term by term
+    for n, k, closed in ((3, 2, 0.5), (5, 3, 0.5), (3, 1, 1 - 0.5 ** (1 / 3)), (3, 3, 0.5 ** (1 / 3)), (4, 3, None)):
+        p = flag_threshold(n, k)
+        tail = 0.0
+        for j in range(k, n + 1):
+            tail += math.factorial(n) / (math.factorial(j) * math.factorial(n - j)) * p ** j * (1 - p) ** (n - j)
+        assert tail == pytest.approx(0.5, abs=1e-12)
+        if closed is not None:
+            assert p == pytest.approx(closed, abs=1e-12)
+    assert flag_threshold(3) == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match="k"):
+        flag_threshold(3, 4)
 
 
 def test_top2_hit_and_f1():

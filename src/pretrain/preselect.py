@@ -620,6 +620,30 @@ def f1_score(pred: Sequence[bool], true: Sequence[bool]) -> dict:
             "tn": int((~pred & ~true).sum())}
 
 
+def config_diverged(runs: Sequence[RunRecord], k: int | None = None) -> bool:
+    """A configuration's label: at least k of its runs (seeds) diverged; default k = most of them (2 of 3)."""
+    k = len(runs) // 2 + 1 if k is None else k
+    return sum(bool(r.diverged) for r in runs) >= k
+
+
+def flag_threshold(n: int, k: int | None = None) -> float:
+    """The per-run divergence probability p at which "at least k of n independent seeds diverge" becomes likelier
+    than not (P(Binomial(n, p) >= k) = 0.5; default k = most of n, where it is 0.5 for odd n): the flag threshold
+    that matches the label `config_diverged(runs, k)`. By bisection (the tail grows with p)."""
+    k = n // 2 + 1 if k is None else k
+    if not 1 <= k <= n:
+        raise ConfigError("k", f"must be in 1..{n} (the number of seeds), got {k}")
+
+    def tail(p):
+        return sum(math.comb(n, j) * p ** j * (1 - p) ** (n - j) for j in range(k, n + 1))
+
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if tail(mid) < 0.5 else (lo, mid)
+    return (lo + hi) / 2
+
+
 def load_runs(paths: Sequence) -> list[RunRecord]:
     """RunRecords of run directories; runs that differ only in seed share a group (same schedule and peak lr)."""
     return [load_run(p) for p in paths]
@@ -651,9 +675,11 @@ __all__ = [
     "RunRecord",
     "candidate_lrs",
     "check_compatible",
+    "config_diverged",
     "divergence",
     "expand_run_dirs",
     "f1_score",
+    "flag_threshold",
     "load_run",
     "load_runs",
     "mpl_candidate_lrs",
