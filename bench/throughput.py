@@ -13,7 +13,7 @@ embedded stdlib corpus), batch 8 x 256 tokens, one process, fp32 on CPU. Per var
            `loss = model(input_ids=x, labels=x).loss; loss.backward(); clip_grad_norm_(1.0);
            opt.step(); opt.zero_grad(); loss.item()` with torch.optim.AdamW(fused=True); compiled:
            torch.compile(model);
-  trainer  pretrain.hf.Trainer, optim="adamw_torch_fused", max_grad_norm=1.0, the same sequences as a dataset
+  trainer  pretrain.hf.Trainer, optim="pretrain:adamw", max_grad_norm=1.0, the same sequences as a dataset
            (no shuffling), no saving/evaluation; compiled: TrainingArguments(torch_compile=True).
 
 Time per step = the wall time between the ends of consecutive steps (data, forward, backward, clip, step and
@@ -106,7 +106,7 @@ def run_raw(cfg, warmup: int) -> float:
     loader, model = data_and_model(cfg)
     model.train()
     fwd = torch.compile(model) if cfg.train.compile else model
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim["lr"], fused=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim["lr"], foreach=True)  # the loop's adamw
     times, t_last = [], time.perf_counter()
     for step in range(cfg.train.steps):
         x = loader.micro_batch(step, 0)
@@ -154,7 +154,7 @@ def run_trainer(cfg, warmup: int) -> float:
             self.t_last = now
 
     clock = Clock()
-    args = TrainingArguments(output_dir=os.path.join(cfg.run_dir, "trainer"), optim="adamw_torch_fused",
+    args = TrainingArguments(output_dir=os.path.join(cfg.run_dir, "trainer"), optim="pretrain:adamw",
                              learning_rate=cfg.optim["lr"], weight_decay=0.01, lr_scheduler_type="constant",
                              max_steps=steps, per_device_train_batch_size=b, max_grad_norm=cfg.clip.max_norm,
                              logging_steps=steps + 1, save_strategy="no", report_to="none", disable_tqdm=True,
