@@ -58,11 +58,13 @@ def test_sigkill_inside_accumulation_or_a_checkpoint_write_then_resume_is_exact(
     same_curve(reference, run_dir)
 
 
-def test_sigterm_saves_at_the_step_boundary_and_exits_75_then_resumes_exactly(reference, tmp_path):
+@pytest.mark.parametrize("sig", ["sigterm", "sigint"])
+def test_a_signal_saves_at_the_step_boundary_and_exits_75_then_resumes_exactly(reference, tmp_path, sig):
     run_dir = tmp_path / "run"
-    p = interrupted("sigterm", 3, RUN + [f"run_dir={run_dir}"])
+    p = interrupted(sig, 3, RUN + [f"run_dir={run_dir}"])
     assert p.returncode == 75, dump(p)
-    assert p.stderr.strip().splitlines()[-1].startswith("stopped by SIGTERM after step 3: checkpoint saved")
+    assert p.stderr.strip().splitlines()[-1].startswith(f"stopped by {sig.upper()} after step 3: checkpoint saved")
+    assert "Traceback" not in p.stderr
     assert os.path.exists(run_dir / "checkpoints" / "step_3" / "manifest.json")
     r = run_cli(RUN + [f"run_dir={run_dir}", "resume=auto"])
     assert r.returncode == 0, dump(r)

@@ -3,6 +3,7 @@
     python interrupt.py micro STEP  overrides...   # SIGKILL inside gradient accumulation: step STEP's 2nd micro-batch
     python interrupt.py save STEP   overrides...   # SIGKILL while checkpoint STEP is written (files done, no manifest)
     python interrupt.py sigterm STEP overrides...  # SIGTERM to itself during step STEP (a scheduler's notice)
+    python interrupt.py sigint STEP overrides...   # SIGINT (Ctrl-C) to itself during step STEP
     python interrupt.py nan STEPS overrides...     # the loss (so the gradient) of steps STEPS (comma list) is NaN
 
 STEP counts optimizer steps from 1, as the metrics rows do. Exits with train.py's exit code.
@@ -42,15 +43,15 @@ def main(kind, at, overrides):
                 os.kill(os.getpid(), signal.SIGKILL)
             plain_manifest(path)
         checkpoint.write_manifest = write_manifest
-    elif kind in ("sigterm", "nan"):
+    elif kind in ("sigterm", "sigint", "nan"):
         plain_step = step_module.LoopEngine.train_step
         steps = {int(s) for s in str(at).split(",")}
 
         def train_step(self, s, factor):
             if s + 1 not in steps:
                 return plain_step(self, s, factor)
-            if kind == "sigterm":
-                os.kill(os.getpid(), signal.SIGTERM)
+            if kind in ("sigterm", "sigint"):
+                os.kill(os.getpid(), signal.SIGTERM if kind == "sigterm" else signal.SIGINT)
                 return plain_step(self, s, factor)
             model = self.fwd_model
 
