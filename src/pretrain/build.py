@@ -205,6 +205,7 @@ def build_run(cfg: RunConfig, log=None, stop=None) -> Run:
     # SP: the model; muP / CompleteP: parameter groups with per-parameter lr, eps and weight-decay multipliers
     optimizer = build_optimizer(cfg.optim["name"], optimizer_params(model, cfg.optim["name"], hp), **hp)
     schedule = build_run_schedule(cfg)
+    schedule.group_factors(0, optimizer.param_groups)  # a per-group schedule (learned) checks the groups here
     model, optimizer = accelerator.prepare(model, optimizer)
     is_ds = launch_engine() == "deepspeed"
     if should_compile(cfg, optimizer, is_ds, accelerator.device.type):
