@@ -30,9 +30,22 @@ def last_rows(run_dir, kind="train"):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("ref") / "run"
-    p = run_cli(RUN + [f"run_dir={run_dir}"])
-    assert p.returncode == 0, dump(p)
+    train_inprocess(RUN[len(SMALL):] + [f"run_dir={run_dir}"])
     return run_dir
+
+
+def resume_inprocess(run_dir):
+    """resume=auto in this process; what it logged."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    from pretrain.config import load_config
+    from pretrain.loop import train
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+    said = []
+    train(load_config(RUN + [f"run_dir={run_dir}", "resume=auto"]), log=said.append)
+    return "\n".join(map(str, said))
 
 
 def same_curve(a, b):
@@ -52,9 +65,8 @@ def test_sigkill_inside_accumulation_or_a_checkpoint_write_then_resume_is_exact(
     assert p.returncode == -signal.SIGKILL, dump(p)
     if kind == "save":
         assert os.path.isdir(run_dir / "checkpoints" / f"step_{at}.tmp")  # the half-written checkpoint
-    r = run_cli(RUN + [f"run_dir={run_dir}", "resume=auto"])
-    assert r.returncode == 0, dump(r)
-    assert f"resumed from {run_dir / 'checkpoints' / f'step_{resumes_from}'} at step {resumes_from}" in r.stdout + r.stderr
+    said = resume_inprocess(run_dir)
+    assert f"resumed from {run_dir / 'checkpoints' / f'step_{resumes_from}'} at step {resumes_from}" in said
     same_curve(reference, run_dir)
 
 
@@ -66,8 +78,7 @@ def test_a_signal_saves_at_the_step_boundary_and_exits_75_then_resumes_exactly(r
     assert p.stderr.strip().splitlines()[-1].startswith(f"stopped by {sig.upper()} after step 3: checkpoint saved")
     assert "Traceback" not in p.stderr
     assert os.path.exists(run_dir / "checkpoints" / "step_3" / "manifest.json")
-    r = run_cli(RUN + [f"run_dir={run_dir}", "resume=auto"])
-    assert r.returncode == 0, dump(r)
+    resume_inprocess(run_dir)
     same_curve(reference, run_dir)
 
 
@@ -147,41 +158,57 @@ CKPT_FILES = ["model.safetensors", "optimizer.bin", "random_states_0.pkl", "trai
 @pytest.fixture(scope="module")
 def two_checkpoints(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("two") / "run"
-    p = run_cli(SMALL + ["train.steps=4", "train.eval_every=0", "train.save_every=2", f"run_dir={run_dir}"])
-    assert p.returncode == 0, dump(p)
+    train_inprocess(["train.steps=4", "train.eval_every=0", "train.save_every=2", f"run_dir={run_dir}"])
+    return run_dir
+
+
+def start(overrides, log=None):
+    """Which checkpoint a run would start from (what train() checks first), in this process."""
+    from pretrain.build import start_checkpoint
+    from pretrain.config import load_config
+    return start_checkpoint(load_config(SMALL + overrides), log or (lambda *_: None))
+
+
+def copy_run(src, tmp_path):
+    import shutil
+    run_dir = tmp_path / "run"
+    shutil.copytree(src, run_dir)
     return run_dir
 
 
 @pytest.mark.parametrize("name", CKPT_FILES)
 def test_a_truncated_checkpoint_file_is_named_and_resume_auto_falls_back(two_checkpoints, tmp_path, name):
-    import shutil
-    run_dir = tmp_path / "run"
-    shutil.copytree(two_checkpoints, run_dir)
+    from pretrain.errors import ConfigError
+    run_dir = copy_run(two_checkpoints, tmp_path)
     newest = run_dir / "checkpoints" / "step_4"
     with open(newest / name, "r+b") as f:
         f.truncate(max(1, os.path.getsize(newest / name) // 2))
-    explicit = run_cli(SMALL + ["train.steps=6", "train.eval_every=0", f"run_dir={tmp_path / 'other'}",
-                                f"resume={newest}"])
-    assert explicit.returncode == 2, dump(explicit)
-    line = explicit.stderr.strip()
-    assert "\n" not in line and line.startswith("config error: resume: checkpoint not usable:") and \
+    with pytest.raises(ConfigError) as e:
+        start(["train.steps=6", f"run_dir={tmp_path / 'other'}", f"resume={newest}"])
+    line = str(e.value)
+    assert e.value.field == "resume" and line.startswith("resume: checkpoint not usable:") and \
         f"{newest / name}: " in line and "truncated" in line, line
-    auto = run_cli(SMALL + ["train.steps=4", "train.eval_every=0", "train.save_every=2", f"run_dir={run_dir}",
-                            "resume=auto"])
-    assert auto.returncode == 0, dump(auto)
-    text = auto.stdout + auto.stderr
-    assert f"warning: skipping checkpoint {newest}: {newest / name}: " in text, text[-3000:]
-    assert f"resumed from {run_dir / 'checkpoints' / 'step_2'} at step 2" in text
+    said = []
+    source = start(["train.steps=4", "train.save_every=2", f"run_dir={run_dir}", "resume=auto"], said.append)
+    assert source.path == str(run_dir / "checkpoints" / "step_2")
+    assert said == [f"warning: skipping checkpoint {newest}: {newest / name}: "
+                    f"{os.path.getsize(newest / name)} bytes, the manifest says "
+                    f"{json.load(open(newest / 'manifest.json'))['files'][name]['bytes']} (truncated or overwritten)"]
+    if name == "optimizer.bin":  # the fallback really trains on: from step 2, as the uninterrupted run did
+        train_inprocess(["train.steps=4", "train.eval_every=0", "train.save_every=2", f"run_dir={run_dir}",
+                         "resume=auto"])
+        a, b = last_rows(two_checkpoints), last_rows(run_dir)
+        assert [a[s]["loss"] for s in (3, 4)] == [b[s]["loss"] for s in (3, 4)]
 
 
 def test_a_missing_rng_file_is_refused(two_checkpoints, tmp_path):
-    import shutil
-    run_dir = tmp_path / "run"
-    shutil.copytree(two_checkpoints, run_dir)
+    from pretrain.errors import ConfigError
+    run_dir = copy_run(two_checkpoints, tmp_path)
     newest = run_dir / "checkpoints" / "step_4"
     os.remove(newest / "random_states_0.pkl")
-    p = run_cli(SMALL + ["train.steps=6", "train.eval_every=0", f"run_dir={tmp_path / 'x'}", f"resume={newest}"])
-    assert p.returncode == 2 and f"{newest / 'random_states_0.pkl'}: missing" in p.stderr, dump(p)
+    with pytest.raises(ConfigError) as e:
+        start(["train.steps=6", f"run_dir={tmp_path / 'x'}", f"resume={newest}"])
+    assert f"{newest / 'random_states_0.pkl'}: missing" in str(e.value)
 
 
 @pytest.mark.parametrize("change,keys", [
@@ -191,16 +218,16 @@ def test_a_missing_rng_file_is_refused(two_checkpoints, tmp_path):
     (["train.steps=8", "schedule.warmup_steps=3"], ["schedule.warmup_steps 2 -> 3", "train.steps 4 -> 8"]),
 ])
 def test_resume_refuses_changed_keys_listing_them(two_checkpoints, tmp_path, change, keys):
-    import shutil
-    run_dir = tmp_path / "run"
-    shutil.copytree(two_checkpoints, run_dir)
+    """One line listing the keys, before anything is built; the run directory byte-identical (train.py prints it
+    as `config error: ...`, exit 2: tests/test_bad_inputs.py runs such rows through train.py)."""
+    from pretrain.errors import ConfigError
+    run_dir = copy_run(two_checkpoints, tmp_path)
     before = {p: open(p, "rb").read() for p in glob.glob(str(run_dir / "**" / "*"), recursive=True)
               if os.path.isfile(p)}
-    p = run_cli(SMALL + ["train.steps=4", "train.eval_every=0", "train.save_every=2", f"run_dir={run_dir}",
-                         "resume=auto", "optim.lr=3e-3"] + change)
-    assert p.returncode == 2, dump(p)
-    line = p.stderr.strip()
-    assert "\n" not in line and line.startswith("config error: resume: "), line
+    with pytest.raises(ConfigError) as e:
+        start(["train.steps=4", "train.save_every=2", f"run_dir={run_dir}", "resume=auto", "optim.lr=3e-3"] + change)
+    line = str(e.value)
+    assert "\n" not in line and e.value.field == "resume", line
     for k in keys:
         assert k in line, line
     after = {p: open(p, "rb").read() for p in glob.glob(str(run_dir / "**" / "*"), recursive=True)
