@@ -131,6 +131,8 @@ class LogConfig:
     run_name: Optional[str] = None
     tags: list = field(default_factory=list)
     log_every: int = 10
+    job_type: str = "train"  # W&B job_type: train | sweep | coordcheck | bench
+    target_loss: Optional[float] = None  # W&B summary: the first eval step at or below it (steps_to_target)
 
 
 @dataclass
@@ -161,6 +163,7 @@ CHOICES = {
     "train.compile_optimizer": ["auto", "always", "never"],
     "clip.policy": ["none", "norm", "value", "percentile", "zscore", "agc"],
     "scaling.batch_lr_rule": ["none", "linear", "sqrt"],
+    "log.job_type": ["train", "sweep", "coordcheck", "bench"],
     "scaling.parametrization": ["sp", "mup", "completep"],
     "hardware.strategy": [None, "ddp", "zero1", "zero2", "zero3", "fsdp"],
 }
@@ -235,6 +238,8 @@ def validate(cfg: RunConfig) -> RunConfig:
                  ("log.log_every", cfg.log.log_every)]:
         check_range(f, v, lo=1)
     check_range("train.max_bad_steps", t.max_bad_steps, lo=1)
+    if cfg.log.target_loss is not None:
+        check_number("log.target_loss", cfg.log.target_loss, lo=-math.inf, hi=math.inf, lo_open=True, hi_open=True)
     for f, v in [("train.eval_every", t.eval_every), ("train.save_every", t.save_every),
                  ("train.keep_checkpoints", t.keep_checkpoints), ("seed", cfg.seed)]:
         check_range(f, v, lo=0)

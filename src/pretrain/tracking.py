@@ -101,9 +101,8 @@ def wandb_config(cfg) -> dict:
 
 
 def job_type_of(cfg) -> str:
-    """`log.job_type` where the config has it, else $PRETRAIN_JOB_TYPE (set by sweeps, coordcheck, bench),
-    else "train"."""
-    job = getattr(cfg.log, "job_type", None) or os.environ.get("PRETRAIN_JOB_TYPE") or "train"
+    """$PRETRAIN_JOB_TYPE where a tool sets it for the runs it starts, else `log.job_type` (default "train")."""
+    job = os.environ.get("PRETRAIN_JOB_TYPE") or cfg.log.job_type
     if job not in JOB_TYPES:
         from .errors import ConfigError
         raise ConfigError("log.job_type", f"unknown job type {job!r}", list(JOB_TYPES))
@@ -209,5 +208,5 @@ class RunLog:
         if self.pbar:
             self.pbar.close()
         if self.cfg.log.wandb:
-            wandb_summary(self.acc, self.cfg.run_dir, getattr(self.cfg.log, "target_loss", None))
+            wandb_summary(self.acc, self.cfg.run_dir, self.cfg.log.target_loss)
             self.acc.end_training()
