@@ -43,28 +43,23 @@ def main(kind, at, overrides):
                 os.kill(os.getpid(), signal.SIGKILL)
             plain_manifest(path)
         checkpoint.write_manifest = write_manifest
-    elif kind in ("sigterm", "sigint", "nan"):
+    elif kind in ("sigterm", "sigint"):
         plain_step = step_module.LoopEngine.train_step
-        steps = {int(s) for s in str(at).split(",")}
 
         def train_step(self, s, factor):
-            if s + 1 not in steps:
-                return plain_step(self, s, factor)
-            if kind in ("sigterm", "sigint"):
+            if s + 1 == int(at):
                 os.kill(os.getpid(), signal.SIGTERM if kind == "sigterm" else signal.SIGINT)
-                return plain_step(self, s, factor)
-            model = self.fwd_model
-
-            def poisoned(*a, **k):
-                out = model(*a, **k)
-                out.loss = out.loss * float("nan")
-                return out
-            self.fwd_model = poisoned
-            try:
-                return plain_step(self, s, factor)
-            finally:
-                self.fwd_model = model
+            return plain_step(self, s, factor)
         step_module.LoopEngine.train_step = train_step
+    elif kind == "nan":  # the instability tool's corrupted batch, with a NaN factor, at each step
+        import contextlib
+
+        from pretrain.tools.diagnose import planted_spike
+        spikes = contextlib.ExitStack()
+        for s in str(at).split(","):
+            spikes.enter_context(planted_spike(int(s) - 1, float("nan")))
+        with spikes:
+            return train_py.main(overrides)
     return train_py.main(overrides)
 
 
