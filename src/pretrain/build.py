@@ -293,8 +293,8 @@ def save(run: Run, step: int) -> str:
     """A resumable checkpoint at `step` (the optimizer in eval mode, as the model is evaluated); never from
     non-finite parameters (the run then stops, and the previous checkpoints stay the last good ones)."""
     engine, acc = run.engine, run.accelerator
-    bad = torch.tensor(float(not all(bool(torch.isfinite(p).all()) for p in run.model.parameters())),
-                       device=acc.device)
+    finite = torch.stack([torch.isfinite(p).all() for p in run.model.parameters()]).all()  # one host sync below
+    bad = (~finite).float().to(acc.device)
     if acc.reduce(bad, "sum").item() > 0:
         raise RunStopped(f"stopped at step {step}: the parameters are not finite; no checkpoint was written from "
                          f"them (the last good ones are in {os.path.join(run.cfg.run_dir, 'checkpoints')})",

@@ -35,13 +35,12 @@ OVERRIDABLE = ("optim.", "schedule.", "clip.", "train.steps")
 BRANCH_IDENTITY = ("model.", "data.tokenizer", "data.vocab_size")
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict) -> dict:
+    """`section.key` for the config's sections (model, train, optim, ...), top-level keys as they are; a value that
+    is itself a mapping (train.batch_ramp) stays one value."""
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict) and k not in ("batch_ramp",):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
+        out.update({f"{k}.{kk}": vv for kk, vv in v.items()} if isinstance(v, dict) else {k: v})
     return out
 
 

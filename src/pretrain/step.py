@@ -224,13 +224,11 @@ class LoopEngine:
             clip = self.clip(params, lambda max_norm: float("nan") if norm is None else norm)
             finite = math.isfinite(loss)
         else:
-            measure = self.noise is not None and (small is not None or self._rank_sq is not None)
-            big = grad_sq(params) if measure else None  # before clipping
             clip = self.clip(params, lambda max_norm: acc.clip_grad_norm_(params, max_norm))
             finite = math.isfinite(loss) and math.isfinite(clip["grad_norm"])
             if finite:
-                if measure:
-                    self._measure_noise(small, big, n)
+                if self.noise is not None and (small is not None or self._rank_sq is not None):
+                    self._measure_noise(small, n, big_sq=clip["grad_norm"] ** 2)  # the policy's unclipped norm
                 self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.bad_in_a_row = 0 if finite else self.bad_in_a_row + 1
@@ -244,7 +242,7 @@ class LoopEngine:
                              f"{loss}, gradient norm {record['grad_norm']}), each skipped; no checkpoint was written "
                              f"from them (train.max_bad_steps = {self.max_bad_steps})", EXIT_DIVERGED)
 
-    def _measure_noise(self, small, big, n: int) -> None:
+    def _measure_noise(self, small, n: int, big_sq: float) -> None:
         """|G_small|^2 (first micro-batch, or each rank's gradient before the all-reduce) vs |G_big|^2 (the step's
         gradient, before clipping); then an auto batch ramp may grow."""
         seq_len, size = self.batches.seq_len, self.batches.size(self.step)
@@ -253,7 +251,8 @@ class LoopEngine:
             b_small = size // self.accelerator.num_processes
         else:
             b_small = size // n
-        self.noise.observe(small, b_small * seq_len, big, size * seq_len)
+        self.noise.observe(small, b_small * seq_len, torch.tensor(big_sq, dtype=torch.float64, device=small.device),
+                           size * seq_len)
         if self.batches.auto:
             self.batches.observe(self.step, self.noise.value(), self.noise.n)
 
