@@ -9,20 +9,23 @@ norm 1 (the default) for all. Candidates:
 
   adamw_cosine, adamw_wsd (20% 1-sqrt decay), adamw_power (Shen et al.: a=4, b=-0.51, last 10% decayed),
   adopt, lion, sophia, muon (cosine; muon's AdamW part at lr 3e-3, the tiny recipe's AdamW lr),
-  sf_adamw (schedule=constant, its own warmup), and adamw_mpl: a Multi-Power-Law-optimized schedule
-  (law fitted on seed 0's constant + cosine AdamW runs at adamw_cosine's best lr, optimized with
-  pretrain.schedules.mpl, trained at that lr; not swept on its own).
+  sf_adamw (schedule=constant, its own warmup), and adamw_mpl: a Multi-Power-Law-optimized schedule (at
+  each lr of its sweep, the law is fitted on seed 0's constant + cosine AdamW runs at that lr and a schedule
+  optimized under it with pretrain.schedules.mpl; AdamW-cosine's grid).
 
-Protocol: every candidate's lr grid (LR_GRID below, 3 values around its usual range) is trained with seed 0;
-the lr with the lowest final validation loss is then trained with seeds 1 and 2. Warmup: 10% of the steps.
+Protocol: every candidate's lr grid (CANDIDATES below, 3 values around its usual range) is trained with seed 0;
+where the best lr is at an edge of the grid, the grid is extended past it by one step of its own ratio
+(rounded to one digit), at most twice, so the best is bracketed where possible; the lr with the lowest final
+validation loss is then trained with seeds 1 and 2. Warmup: 10% of the steps.
 The table reports the mean +- sample std over seeds 0, 1, 2 of the final validation loss (seed 0 also chose
 the lr: a small optimistic bias, the same for every candidate).
 
 Runs live in <out>/runs/<candidate>_lr<lr>_s<seed>; a finished run (metrics reach the last step) is reused,
-so an interrupted benchmark resumes where it stopped; the run directories are what
+so an interrupted benchmark resumes where it stopped (reuse only runs of the same code: results.json records
+the commit the benchmark ran at; a new --out for a new version); the run directories are what
 `python -m pretrain.tools.compare <out>/runs/*` reads.
 
-    python bench/sample_efficiency.py                     # 9 candidates, ~44 runs of ~20 s alone (~25 min here)
+    python bench/sample_efficiency.py                     # 9 candidates, ~50 runs of ~35 s alone (~30 min here)
     python bench/sample_efficiency.py --quick --out /tmp/se   # 3 candidates, 1 lr, 1 seed, 30 steps (a test)
 """
 from __future__ import annotations
@@ -101,11 +104,19 @@ def fmt_lr(lr: float) -> str:
     return f"{lr:.0e}".replace("e-0", "e-")
 
 
+def one_digit(lr: float) -> float:
+    """lr rounded to one significant digit (how the grids are written, and the run directories named)."""
+    return float(f"{lr:.0e}")
+
+
+LR_GRID_MAX = 5  # a grid grows by at most 2 points past a winning edge
+
+
 def mpl_schedule(out: str, const_dir: str, cos_dir: str, steps: int, lr: float, warmup: int, quick: bool) -> str:
     """Fit the Multi-Power Law to the constant + cosine runs, optimize a schedule, write it; its path."""
     from pretrain.schedules.mpl import fit, load_runs_from_metrics, optimize_schedule, save_schedule
 
-    path = os.path.join(out, f"mpl_schedule_T{steps}.json")
+    path = os.path.join(out, f"mpl_schedule_T{steps}_lr{fmt_lr(lr)}.json")
     if os.path.exists(path):
         return path
     runs = load_runs_from_metrics([const_dir, cos_dir], key="val_loss", warmup_steps=warmup)
@@ -145,6 +156,23 @@ def main(argv=None) -> int:
         run_dir = os.path.join(args.out, "runs", f"{name}_lr{fmt_lr(lr)}_s{seed}")
         return train_run(base + ov + [f"optim.lr={lr}", f"seed={seed}"], run_dir, steps)
 
+    def sweep(name, grid, train):
+        """Seed 0 over the grid, extended past an edge that wins (up to twice); the best lr's other seeds."""
+        grid, losses = sorted(grid), {}
+        for _ in range(3):
+            for lr in grid:
+                if lr not in losses:
+                    losses[lr] = train(lr, seeds[0])
+            best = min(losses, key=losses.get)
+            if args.quick or best not in (grid[0], grid[-1]) or len(grid) >= len(LR_GRID_MAX):
+                break
+            lo = best == grid[0]
+            grid = sorted(grid + [one_digit(grid[0] ** 2 / grid[1] if lo else grid[-1] ** 2 / grid[-2])])
+            print(f"  {name}: best lr {fmt_lr(best)} at the grid's {'low' if lo else 'high'} edge; extending",
+                  flush=True)
+        per_seed = {seeds[0]: losses[best], **{sd: train(best, sd) for sd in seeds[1:]}}
+        return {"sweep": {fmt_lr(k): v for k, v in sorted(losses.items())}, "best_lr": best, "per_seed": per_seed}
+
     results = {}
     for name in names:
         if name == MPL:
@@ -152,23 +180,24 @@ def main(argv=None) -> int:
         overrides, grid = CANDIDATES[name]
         grid = [grid[1]] if args.quick else grid
         print(f"{name}: lr sweep {grid} (seed {seeds[0]})", flush=True)
-        sweep = {lr: run(name, overrides, lr, seeds[0]) for lr in grid}
-        best = min(sweep, key=sweep.get)
-        per_seed = {seeds[0]: sweep[best]}
-        for seed in seeds[1:]:
-            per_seed[seed] = run(name, overrides, best, seed)
-        results[name] = {"sweep": {fmt_lr(k): v for k, v in sweep.items()}, "best_lr": best, "per_seed": per_seed}
+        results[name] = sweep(name, grid, lambda lr, sd, name=name, ov=overrides: run(name, ov, lr, sd))
     if MPL in names:
-        lr = results["adamw_cosine"]["best_lr"] if "adamw_cosine" in results else CANDIDATES["adamw_cosine"][1][1]
-        cos_dir = os.path.join(args.out, "runs", f"adamw_cosine_lr{fmt_lr(lr)}_s{seeds[0]}")
-        run("adamw_cosine", CANDIDATES["adamw_cosine"][0], lr, seeds[0])
+        cosine = CANDIDATES["adamw_cosine"][0]
         const = ["optim=adamw", "schedule=constant", "schedule.warmup_steps={w}"]
-        run("adamw_constant", const, lr, seeds[0])
-        const_dir = os.path.join(args.out, "runs", f"adamw_constant_lr{fmt_lr(lr)}_s{seeds[0]}")
-        path = mpl_schedule(args.out, const_dir, cos_dir, steps, lr, warmup, args.quick)
-        mpl = ["optim=adamw", "schedule=mpl", f"schedule.path={path}", "schedule.warmup_steps={w}"]
-        print(f"{MPL}: lr {lr} (adamw_cosine's best), seeds {seeds}", flush=True)
-        results[MPL] = {"sweep": {}, "best_lr": lr, "per_seed": {s: run(MPL, mpl, lr, s) for s in seeds}}
+
+        def train_mpl(lr, seed):
+            # the law is fitted on seed 0's constant and cosine runs at this lr; every seed trains its schedule
+            cos_dir, const_dir = (os.path.join(args.out, "runs", f"{n}_lr{fmt_lr(lr)}_s{seeds[0]}")
+                                  for n in ("adamw_cosine", "adamw_constant"))
+            run("adamw_cosine", cosine, lr, seeds[0])
+            run("adamw_constant", const, lr, seeds[0])
+            path = mpl_schedule(args.out, const_dir, cos_dir, steps, lr, warmup, args.quick)
+            return run(MPL, ["optim=adamw", "schedule=mpl", f"schedule.path={path}", "schedule.warmup_steps={w}"],
+                       lr, seed)
+
+        grid = [CANDIDATES["adamw_cosine"][1][1]] if args.quick else CANDIDATES["adamw_cosine"][1]
+        print(f"{MPL}: lr sweep {grid} (seed {seeds[0]}; a law fitted and a schedule optimized per lr)", flush=True)
+        results[MPL] = sweep(MPL, grid, train_mpl)
 
     print(f"\n### Final validation loss at {steps} steps ({steps * 8 * 64 / 1e3:.0f}k tokens), best lr of the sweep, "
           f"seeds {','.join(map(str, seeds))}\n")
@@ -180,13 +209,16 @@ def main(argv=None) -> int:
         r = results[name]
         vals = [r["per_seed"][s] for s in seeds]
         std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        sweep = ", ".join(f"{k}: {v:.3f}" for k, v in r["sweep"].items()) or "(adamw_cosine's lr)"
+        sweep = ", ".join(f"{k}: {v:.3f}" for k, v in r["sweep"].items())
         r["mean"], r["std"] = statistics.mean(vals), std
         print(f"| {name} | {sweep} | {fmt_lr(r['best_lr'])} | " + " | ".join(f"{v:.4f}" for v in vals) +
               f" | {r['mean']:.4f} +- {std:.4f} |")
     import platform
     import torch
-    res = {"settings": {"steps": steps, "seeds": seeds, "warmup": warmup, "eval_every": every, "quick": args.quick,
+    import subprocess
+    commit = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    res = {"commit": commit, "settings": {"steps": steps, "seeds": seeds, "warmup": warmup, "eval_every": every, "quick": args.quick,
                         "overrides": base}, "machine": f"{platform.processor() or platform.machine()}, "
            f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads",
            "results": {k: {**v, "per_seed": {str(s): x for s, x in v["per_seed"].items()}} for k, v in results.items()},

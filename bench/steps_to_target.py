@@ -19,7 +19,7 @@ is looked at: "what default AdamW reaches with the whole budget"). Steps to targ
 whose validation loss is <= the target (a resolution of --eval-every steps); "-" where a seed never reaches it.
 Reported: mean and spread (min-max) over the seeds that reached it, how many did, and the final loss.
 
-    python bench/steps_to_target.py                       # 4 optimizers x 9 runs (~50 min on a shared 2-core CPU)
+    python bench/steps_to_target.py                       # 6 optimizers x 9 runs (~35 min on a 2-core CPU)
     python bench/steps_to_target.py --quick --out /tmp/stt  # 2 optimizers, budget 2, 1 seed, 30 steps (a test)
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sample_efficiency import ROOT, SMALL, train_run  # noqa: E402
 
-OPTIMIZERS = ["adamw", "adopt", "lion", "sf_adamw"]
+OPTIMIZERS = ["adamw", "adopt", "lion", "sf_adamw", "sophia", "muon"]
 
 
 def default_lr(name: str) -> float:
@@ -134,8 +134,11 @@ def main(argv=None) -> int:
                      "one_shot": one, "tuned": tun}
         print(f"| {name} | {r['default_lr']:g} | {cell(one)} | {one['final']:.4f} +- {one['final_std']:.4f} | "
               f"{r['best_lr']:.3g} | {cell(tun)} | {tun['final']:.4f} +- {tun['final_std']:.4f} |")
+    import subprocess
+    commit = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True,
+                            text=True).stdout.strip() or "unknown"
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"settings": {"steps": steps, "budget": budget, "draws": draws.tolist(), "seeds": seeds,
+        json.dump({"commit": commit, "settings": {"steps": steps, "budget": budget, "draws": draws.tolist(), "seeds": seeds,
                                 "eval_every": every, "warmup": warmup, "quick": args.quick},
                    "target": target, "results": out, "runtime_s": time.time() - t0}, f, indent=1)
     print(f"\nwrote {os.path.join(args.out, 'results.json')} ({time.time() - t0:.0f} s)")
