@@ -164,7 +164,7 @@ def main(argv=None) -> int:
                 if lr not in losses:
                     losses[lr] = train(lr, seeds[0])
             best = min(losses, key=losses.get)
-            if args.quick or best not in (grid[0], grid[-1]) or len(grid) >= len(LR_GRID_MAX):
+            if args.quick or best not in (grid[0], grid[-1]) or len(grid) >= LR_GRID_MAX:
                 break
             lo = best == grid[0]
             grid = sorted(grid + [one_digit(grid[0] ** 2 / grid[1] if lo else grid[-1] ** 2 / grid[-2])])

@@ -56,7 +56,8 @@ def main(argv=None) -> dict:
     if points[0] <= warmup:
         raise SystemExit(f"--lengths: every branch point (80% of a length) must come after the warmup ({warmup} "
                          f"steps); got {points}")
-    small = [o for o in SMALL if not o.startswith("train.keep_checkpoints")]
+    # every step logged: the branch's rows are compared with the full run's step by step
+    small = [o for o in SMALL if not o.startswith(("train.keep_checkpoints", "log.log_every"))] + ["log.log_every=1"]
     base = small + ["optim=adamw", f"optim.lr={LR}", f"schedule.warmup_steps={warmup}",
                     "train.keep_checkpoints=100", "train.eval_every=5" if a.quick else "train.eval_every=15"]
     wsd = ["schedule=wsd", "schedule.decay_shape=1-sqrt", "schedule.min_lr_ratio=0.0"]
