@@ -88,6 +88,21 @@ def run(problem: str, name: str, steps: int, runs: int, alpha: float, seed: int)
     return out
 
 
+def render(res: dict) -> str:
+    """The table this benchmark prints, from its JSON (the README's table is this text)."""
+    betas = list(next(iter(next(iter(res["results"].values())).values())))
+    lines = [f"mean x over the last 10% of {res['steps']} steps (minimum at -1, worst point +1); stochastic: "
+             f"{res['runs']} chains, [fraction of chains below 0]", "",
+             "| problem | optimizer | " + " | ".join(f"beta2={b}" for b in betas) + " |",
+             "|---|---|" + "---|" * len(betas)]
+    for p, per in res["results"].items():
+        for o, r in per.items():
+            cells = [f"{r[b]['x']:+.3f}" + ("" if p.startswith("online") else f" [{r[b]['below_zero']:.2f}]")
+                     for b in betas]
+            lines.append(f"| {p} | {o} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=None, help="default 50000 (3000 with --quick)")
@@ -101,21 +116,16 @@ def main(argv=None) -> dict:
     steps = a.steps or (3000 if a.quick else 50_000)
     runs = a.runs or (32 if a.quick else 256)
     torch.set_num_threads(1)
-    results = {p: {o: run(p, o, steps, runs, a.alpha, a.seed) for o in OPTIMIZERS} for p in PROBLEMS}
-    print(f"mean x over the last 10% of {steps} steps (minimum at -1, worst point +1); stochastic: "
-          f"{runs} chains, [fraction of chains below 0]")
-    print("| problem | optimizer | " + " | ".join(f"beta2={b}" for b in BETA2) + " |")
-    print("|---|---|" + "---|" * len(BETA2))
-    for p, per in results.items():
-        for o, r in per.items():
-            cells = [f"{r[b]['x']:+.3f}" + ("" if p.startswith("online") else f" [{r[b]['below_zero']:.2f}]")
-                     for b in BETA2]
-            print(f"| {p} | {o} | " + " | ".join(cells) + " |")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from sample_efficiency import provenance
+    meta = provenance()
+    results = {p: {o: {str(b): v for b, v in run(p, o, steps, runs, a.alpha, a.seed).items()} for o in OPTIMIZERS}
+               for p in PROBLEMS}
+    res = {**meta, "steps": steps, "runs": runs, "alpha": a.alpha, "seed": a.seed, "results": results}
+    print(render(res))
     if a.out:
         with open(a.out, "w") as f:
-            json.dump({"steps": steps, "runs": runs, "alpha": a.alpha, "seed": a.seed,
-                       "results": {p: {o: {str(b): v for b, v in r.items()} for o, r in per.items()}
-                                   for p, per in results.items()}}, f, indent=1)
+            json.dump(res, f, indent=1)
     return results
 
 

@@ -127,6 +127,33 @@ def mpl_schedule(out: str, const_dir: str, cos_dir: str, steps: int, lr: float, 
     return path
 
 
+def provenance() -> dict:
+    """The commit the benchmark ran at and the machine, for its results.json."""
+    import platform
+    import subprocess
+
+    import torch
+    commit = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True,
+                            text=True, check=False).stdout.strip() or "unknown"
+    return {"commit": commit, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+                                         f"torch {torch.__version__}, {torch.get_num_threads()} threads"}
+
+
+def render(res: dict) -> str:
+    """The table this benchmark prints, from its results.json (the README's table is this text)."""
+    steps, seeds = res["settings"]["steps"], [str(sd) for sd in res["settings"]["seeds"]]
+    lines = [f"### Final validation loss at {steps} steps ({steps * 8 * 64 / 1e3:.0f}k tokens), best lr of the "
+             f"sweep, seeds {','.join(seeds)}", "",
+             "| optimizer / schedule | lr sweep (seed 0: val loss) | best lr | " +
+             " | ".join(f"seed {sd}" for sd in seeds) + " | mean +- std |",
+             "|---|---|---|" + "---|" * len(seeds) + "---|"]
+    for name, r in sorted(res["results"].items(), key=lambda kv: kv[1]["mean"]):
+        sweep = ", ".join(f"{k}: {v:.3f}" for k, v in r["sweep"].items())
+        lines.append(f"| {name} | {sweep} | {fmt_lr(r['best_lr'])} | " +
+                     " | ".join(f"{r['per_seed'][sd]:.4f}" for sd in seeds) + f" | {r['mean']:.4f} +- {r['std']:.4f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -149,6 +176,7 @@ def main(argv=None) -> int:
     every = args.eval_every or max(steps // 15, 1)
     base = SMALL + [f"train.eval_every={every}"]
     os.makedirs(os.path.join(args.out, "runs"), exist_ok=True)
+    meta = provenance()  # the commit and machine the runs start at
     t0 = time.time()
 
     def run(name, overrides, lr, seed):
@@ -199,32 +227,17 @@ def main(argv=None) -> int:
         print(f"{MPL}: lr sweep {grid} (seed {seeds[0]}; a law fitted and a schedule optimized per lr)", flush=True)
         results[MPL] = sweep(MPL, grid, train_mpl)
 
-    print(f"\n### Final validation loss at {steps} steps ({steps * 8 * 64 / 1e3:.0f}k tokens), best lr of the sweep, "
-          f"seeds {','.join(map(str, seeds))}\n")
-    print("| optimizer / schedule | lr sweep (seed 0: val loss) | best lr | " +
-          " | ".join(f"seed {s}" for s in seeds) + " | mean +- std |")
-    print("|---|---|---|" + "---|" * len(seeds) + "---|")
-    ranked = sorted(results, key=lambda n: statistics.mean(results[n]["per_seed"].values()))
-    for name in ranked:
-        r = results[name]
-        vals = [r["per_seed"][s] for s in seeds]
-        std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        sweep = ", ".join(f"{k}: {v:.3f}" for k, v in r["sweep"].items())
-        r["mean"], r["std"] = statistics.mean(vals), std
-        print(f"| {name} | {sweep} | {fmt_lr(r['best_lr'])} | " + " | ".join(f"{v:.4f}" for v in vals) +
-              f" | {r['mean']:.4f} +- {std:.4f} |")
-    import platform
-    import torch
-    import subprocess
-    commit = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True,
-                            text=True).stdout.strip() or "unknown"
-    res = {"commit": commit, "settings": {"steps": steps, "seeds": seeds, "warmup": warmup, "eval_every": every, "quick": args.quick,
-                        "overrides": base}, "machine": f"{platform.processor() or platform.machine()}, "
-           f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads",
-           "results": {k: {**v, "per_seed": {str(s): x for s, x in v["per_seed"].items()}} for k, v in results.items()},
+    for r in results.values():
+        vals = [r["per_seed"][sd] for sd in seeds]
+        r["mean"], r["std"] = statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+    res = {**meta, "settings": {"steps": steps, "seeds": seeds, "warmup": warmup, "eval_every": every,
+                                        "quick": args.quick, "overrides": base},
+           "results": {k: {**v, "per_seed": {str(sd): x for sd, x in v["per_seed"].items()}}
+                       for k, v in results.items()},
            "runtime_s": time.time() - t0}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(res, f, indent=1)
+    print(render(res))
     print(f"\nwrote {os.path.join(args.out, 'results.json')} ({time.time() - t0:.0f} s)")
     return 0
 

@@ -32,7 +32,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sample_efficiency import ROOT, SMALL, train_run  # noqa: E402
+from sample_efficiency import ROOT, SMALL, provenance, train_run  # noqa: E402
 
 OPTIMIZERS = ["adamw", "adopt", "lion", "sf_adamw", "sophia", "muon"]
 
@@ -56,6 +56,27 @@ def eval_curve(run_dir: str) -> list[tuple[int, float]]:
 
 def steps_to(curve, target: float) -> int | None:
     return next((s for s, v in curve if v <= target), None)
+
+
+def render(res: dict) -> str:
+    """The table this benchmark prints, from its results.json (the README's table is this text)."""
+    st = res["settings"]
+
+    def cell(x):
+        if x["mean"] is None:
+            return f"- ({x['reached']})"
+        return f"{x['mean']:.0f} ({x['min']}-{x['max']}), {x['reached']}"
+
+    lines = [f"### Steps to validation loss {res['target']:.4f} (AdamW one-shot's final, mean of seeds "
+             f"{','.join(map(str, st['seeds']))}), {st['steps']} steps budget, eval every {st['eval_every']}", "",
+             "| optimizer | one-shot lr | steps (mean, min-max), reached | final val loss | tuned lr "
+             f"(best of {st['budget']}) | steps (mean, min-max), reached | final val loss |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in res["results"].items():
+        one, tun = r["one_shot"], r["tuned"]
+        lines.append(f"| {name} | {r['default_lr']:g} | {cell(one)} | {one['final']:.4f} +- {one['final_std']:.4f} "
+                     f"| {r['best_lr']:.3g} | {cell(tun)} | {tun['final']:.4f} +- {tun['final_std']:.4f} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -85,6 +106,7 @@ def main(argv=None) -> int:
     warmup, every = max(steps // 10, 1), args.eval_every or max(steps // 20, 1)
     base = SMALL + [f"train.eval_every={every}"]
     draws = 10.0 ** np.random.default_rng(0).uniform(-1, 1, size=budget)  # x default lr, the same for all
+    meta = provenance()  # the commit and machine the runs start at
     t0 = time.time()
 
     def run(name, lr, seed, tag):
@@ -115,32 +137,14 @@ def main(argv=None) -> int:
                 "reached": f"{len(hit)}/{len(reached)}", "final": statistics.mean(finals),
                 "final_std": statistics.stdev(finals) if len(finals) > 1 else 0.0}
 
-    print(f"\n### Steps to validation loss {target:.4f} (AdamW one-shot's final, mean of seeds "
-          f"{','.join(map(str, seeds))}), {steps} steps budget, eval every {every}\n")
-    print("| optimizer | one-shot lr | steps (mean, min-max), reached | final val loss | tuned lr "
-          f"(best of {budget}) | steps (mean, min-max), reached | final val loss |")
-    print("|---|---|---|---|---|---|---|")
-
-    def cell(s):
-        if s["mean"] is None:
-            return f"- ({s['reached']})"
-        return f"{s['mean']:.0f} ({s['min']}-{s['max']}), {s['reached']}"
-
-    out = {}
-    for name in names:
-        r = results[name]
-        one, tun = summary(r["default"]), summary(r["tuned"])
-        out[name] = {"default_lr": r["default_lr"], "best_lr": r["best_lr"], "search": r["search"],
-                     "one_shot": one, "tuned": tun}
-        print(f"| {name} | {r['default_lr']:g} | {cell(one)} | {one['final']:.4f} +- {one['final_std']:.4f} | "
-              f"{r['best_lr']:.3g} | {cell(tun)} | {tun['final']:.4f} +- {tun['final_std']:.4f} |")
-    import subprocess
-    commit = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True,
-                            text=True).stdout.strip() or "unknown"
+    out = {name: {"default_lr": r["default_lr"], "best_lr": r["best_lr"], "search": r["search"],
+                  "one_shot": summary(r["default"]), "tuned": summary(r["tuned"])} for name, r in results.items()}
+    res = {**meta, "settings": {"steps": steps, "budget": budget, "draws": draws.tolist(), "seeds": seeds,
+                                        "eval_every": every, "warmup": warmup, "quick": args.quick},
+           "target": target, "results": out, "runtime_s": time.time() - t0}
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"commit": commit, "settings": {"steps": steps, "budget": budget, "draws": draws.tolist(), "seeds": seeds,
-                                "eval_every": every, "warmup": warmup, "quick": args.quick},
-                   "target": target, "results": out, "runtime_s": time.time() - t0}, f, indent=1)
+        json.dump(res, f, indent=1)
+    print(render(res))
     print(f"\nwrote {os.path.join(args.out, 'results.json')} ({time.time() - t0:.0f} s)")
     return 0
 

@@ -15,7 +15,7 @@ Per seed:
   cosine:   cosine to 10% of the peak over L steps from scratch, same peak lr and warmup.
 
 Printed per length: final validation loss of branch, full WSD and cosine, mean +- std over seeds; whether the
-branch's final loss equals the full run's bit for bit; WSD - cosine; and the steps trained in all for the set
+branch's steps (loss, gradient norm, lr) and final loss equal the full run's bit for bit; WSD - cosine; and the steps trained in all for the set
 of lengths: branches (L_max + sum of cooldowns) vs cosine (sum of lengths).
 
     python bench/wsd_branches.py                    # lengths 150, 225, 300; 3 seeds (~12 min on 2 CPU cores)
@@ -28,9 +28,11 @@ import json
 import os
 import statistics
 import sys
+from functools import reduce
+from math import gcd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sample_efficiency import ROOT, SMALL, finished, train_run  # noqa: E402
+from sample_efficiency import ROOT, SMALL, finished, provenance, train_run  # noqa: E402
 
 LR = 3e-3
 
@@ -38,6 +40,37 @@ LR = 3e-3
 def branch_step(length: int) -> int:
     """The stable run's step a cooldown of 20% of `length` starts from."""
     return length - round(0.2 * length)
+
+
+def same_steps(branch: str, full: str, steps: int) -> bool:
+    """Every step the branch trained (loss, grad norm, lr) and its final validation loss equal the full run's."""
+    from pretrain.tracking import read_metrics
+
+    def rows(d):
+        return {r["step"]: (r["loss"], r.get("grad_norm"), r["lr"]) for r in read_metrics(d)
+                if r.get("kind", "train") == "train" and "loss" in r}
+    b, f = rows(branch), rows(full)
+    return bool(b) and all(f.get(s) == v for s, v in b.items()) and finished(branch, steps) == finished(full, steps)
+
+
+def render(res: dict) -> str:
+    """The table this benchmark prints, from its results.json (the README's table is this text)."""
+    def ms(xs):
+        return f"{statistics.mean(xs):.3f}" + (f" +- {statistics.stdev(xs):.3f}" if len(xs) > 1 else "")
+
+    lines = [f"final validation loss, AdamW lr {res['lr']}, seeds {res['seeds']}; branch = cooldown of 20% from the "
+             f"stable run's checkpoint", "",
+             "| steps | WSD branched | WSD full run | branch == full (bitwise) | cosine | WSD - cosine |",
+             "|---|---|---|---|---|---|"]
+    for n in res["lengths"]:
+        r = res["results"][str(n)]
+        diff = statistics.mean(b - c for b, c in zip(r["branch"], r["cosine"]))
+        lines.append(f"| {n} | {ms(r['branch'])} | {ms(r['full'])} | {sum(r['bitwise'])}/{len(res['seeds'])} | "
+                     f"{ms(r['cosine'])} | {diff:+.3f} |")
+    b, c = res["steps_branched"], res["steps_cosine"]
+    lines += ["", f"steps trained for all {len(res['lengths'])} lengths, per seed: stable run + cooldowns {b}, "
+                  f"separate cosine runs {c} ({b / c:.2f}x)"]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
@@ -61,14 +94,12 @@ def main(argv=None) -> dict:
     base = small + ["optim=adamw", f"optim.lr={LR}", f"schedule.warmup_steps={warmup}",
                     "train.keep_checkpoints=100", "train.eval_every=5" if a.quick else "train.eval_every=15"]
     wsd = ["schedule=wsd", "schedule.decay_shape=1-sqrt", "schedule.min_lr_ratio=0.0"]
+    meta = provenance()  # the commit and machine the runs start at
     res: dict = {n: {"branch": [], "full": [], "cosine": [], "bitwise": []} for n in lengths}
     for seed in seeds:
         runs = os.path.join(a.out, "runs")
         stable = os.path.join(runs, f"stable_s{seed}")
-        # a checkpoint at every branch point: save_every = their greatest common divisor
-        from math import gcd
-        from functools import reduce
-        every = reduce(gcd, points)
+        every = reduce(gcd, points)  # a checkpoint at every branch point: save_every = their greatest common divisor
         train_run(base + [f"seed={seed}", "schedule=constant", f"train.save_every={every}"], stable, longest)
         for n in lengths:
             decay = n - branch_step(n)
@@ -82,29 +113,15 @@ def main(argv=None) -> dict:
             res[n]["cosine"].append(train_run(base + [f"seed={seed}", "schedule=cosine",
                                                       "schedule.min_lr_ratio=0.1", "train.save_every=100000"],
                                               cos, n))
-            res[n]["bitwise"].append(finished(branch, n) == finished(full, n))
+            res[n]["bitwise"].append(same_steps(branch, full, n))
 
-    def ms(xs):
-        return f"{statistics.mean(xs):.3f}" + (f" +- {statistics.stdev(xs):.3f}" if len(xs) > 1 else "")
-
-    print(f"final validation loss, AdamW lr {LR}, seeds {seeds}; branch = cooldown of 20% from the stable run's "
-          f"checkpoint")
-    print("| steps | WSD branched | WSD full run | branch == full (bitwise) | cosine | WSD - cosine |")
-    print("|---|---|---|---|---|---|")
-    for n in lengths:
-        r = res[n]
-        diff = statistics.mean(b - c for b, c in zip(r["branch"], r["cosine"]))
-        print(f"| {n} | {ms(r['branch'])} | {ms(r['full'])} | {sum(r['bitwise'])}/{len(seeds)} | "
-              f"{ms(r['cosine'])} | {diff:+.3f} |")
-    branched = longest + sum(n - branch_step(n) for n in lengths)
-    print(f"steps trained for all {len(lengths)} lengths, per seed: stable run + cooldowns {branched}, "
-          f"separate cosine runs {sum(lengths)} ({branched / sum(lengths):.2f}x)")
-    out = {"lr": LR, "seeds": seeds, "lengths": lengths, "warmup": warmup,
-           "results": {str(n): v for n, v in res.items()}, "steps_branched": branched,
-           "steps_cosine": sum(lengths)}
+    out = {**meta, "lr": LR, "seeds": seeds, "lengths": lengths, "warmup": warmup,
+           "results": {str(n): v for n, v in res.items()},
+           "steps_branched": longest + sum(n - branch_step(n) for n in lengths), "steps_cosine": sum(lengths)}
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(out, f, indent=1)
+    print(render(out))
     return out
 
 

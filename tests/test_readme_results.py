@@ -1,0 +1,28 @@
+"""The README's benchmark tables are what the benchmarks printed: each benchmark's results (bench/results/*.json,
+copied from the run's results.json) rendered by the benchmark's own table code must appear line for line in
+the README."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHES = ["sample_efficiency", "steps_to_target", "wsd_branches", "adopt_counterexample"]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("name", BENCHES)
+def test_readme_table_is_what_the_benchmark_printed(name, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    res = json.loads((ROOT / "bench" / "results" / f"{name}.json").read_text())
+    table = [line for line in load(name).render(res).splitlines() if line.startswith("|")]
+    readme = set((ROOT / "README.md").read_text().splitlines())
+    missing = [line for line in table if line not in readme]
+    assert len(table) >= 3 and not missing, f"bench/results/{name}.json rows not in the README:\n" + "\n".join(missing)
