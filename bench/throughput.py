@@ -11,10 +11,16 @@ embedded stdlib corpus), batch 8 x 256 tokens, one process, fp32 on CPU. Per var
            log.log_every=1, no evaluation; compiled: train.compile=true;
   raw      the limit: the same model (pretrain.build.build_model, same seed) and the loop's data loader,
            `loss = model(input_ids=x, labels=x).loss; loss.backward(); clip_grad_norm_(1.0);
-           opt.step(); opt.zero_grad(); loss.item()` with torch.optim.AdamW(fused=True); compiled:
-           torch.compile(model);
+           opt.step(); opt.zero_grad(); loss.item()` with torch.optim.AdamW(foreach=True), what the
+           registry's adamw builds; with --accum N, N micro-batches of loss / N backward before the step;
+           compiled: torch.compile(model);
   trainer  pretrain.hf.Trainer, optim="pretrain:adamw", max_grad_norm=1.0, the same sequences as a dataset
-           (no shuffling), no saving/evaluation; compiled: TrainingArguments(torch_compile=True).
+           (no shuffling), no saving/evaluation, gradient_accumulation_steps = --accum; compiled:
+           TrainingArguments(torch_compile=True).
+
+--accum N (default 1) splits the batch into N micro-batches of batch / N: the loop then also measures the
+gradient noise scale (train.noise_scale, on by default) from the first micro-batch's gradient, one more norm
+pass per step.
 
 Time per step = the wall time between the ends of consecutive steps (data, forward, backward, clip, step and
 the loop's bookkeeping included): the loop's own `tokens_per_s` of each metrics.jsonl row (log_every=1), a
@@ -26,6 +32,7 @@ ratio within a round, so the load of a shared machine, which changes from minute
     python bench/throughput.py                      # eager + compiled, 3 rounds (~25 min on a shared 2-core CPU)
     python bench/throughput.py --modes eager --repeats 5
     python bench/throughput.py --model tiny         # the tiny recipe's model: loop overhead weighs more
+    python bench/throughput.py --modes eager --accum 2   # gradient accumulation (the noise scale measured)
     python bench/throughput.py --quick              # a 2 x 64 model, 8 x 64 tokens, eager, 1 round (a test runs it)
 """
 from __future__ import annotations
@@ -107,11 +114,13 @@ def run_raw(cfg, warmup: int) -> float:
     model.train()
     fwd = torch.compile(model) if cfg.train.compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim["lr"], foreach=True)  # the loop's adamw
+    accum = cfg.train.global_batch_size // cfg.train.micro_batch_size
     times, t_last = [], time.perf_counter()
     for step in range(cfg.train.steps):
-        x = loader.micro_batch(step, 0)
-        loss = fwd(input_ids=x, labels=x).loss
-        loss.backward()
+        for i in range(accum):
+            x = loader.micro_batch(step, i)
+            loss = fwd(input_ids=x, labels=x).loss / accum
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip.max_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -129,8 +138,8 @@ def run_trainer(cfg, warmup: int) -> float:
     from pretrain.hf import Trainer, TrainingArguments
 
     loader, model = data_and_model(cfg)
-    steps, b = cfg.train.steps, cfg.train.global_batch_size
-    seqs = [loader.micro_batch(s, 0) for s in range(steps)]
+    steps, b, mb = cfg.train.steps, cfg.train.global_batch_size, cfg.train.micro_batch_size
+    seqs = [torch.cat([loader.micro_batch(s, i) for i in range(b // mb)]) for s in range(steps)]
 
     class Sequences(torch.utils.data.Dataset):
         def __len__(self):
@@ -156,7 +165,8 @@ def run_trainer(cfg, warmup: int) -> float:
     clock = Clock()
     args = TrainingArguments(output_dir=os.path.join(cfg.run_dir, "trainer"), optim="pretrain:adamw",
                              learning_rate=cfg.optim["lr"], weight_decay=0.01, lr_scheduler_type="constant",
-                             max_steps=steps, per_device_train_batch_size=b, max_grad_norm=cfg.clip.max_norm,
+                             max_steps=steps, per_device_train_batch_size=mb, gradient_accumulation_steps=b // mb,
+                             max_grad_norm=cfg.clip.max_norm,
                              logging_steps=steps + 1, save_strategy="no", report_to="none", disable_tqdm=True,
                              use_cpu=True, seed=cfg.seed, dataloader_num_workers=0, torch_compile=cfg.train.compile,
                              train_sampling_strategy="sequential")
@@ -165,6 +175,28 @@ def run_trainer(cfg, warmup: int) -> float:
 
 
 RUNNERS = {"loop": run_loop, "raw": run_raw, "trainer": run_trainer}
+
+
+def render(out: dict) -> str:
+    """The table this benchmark prints, from its JSON (the README's table is this text)."""
+    st, tps, rs = out["settings"], out["tokens_per_s"], out["ratios"]
+    micro = st.get("micro_batch", st["batch"])
+    accum = f", {st['batch'] // micro} micro-batches of {micro}" if micro != st["batch"] else ""
+    lines = [f"### Throughput: GPT {st['model'].replace('x', ' x ')}, batch {st['batch']} x {st['seq_len']} "
+             f"tokens{accum}, AdamW + clip 1.0, {st['threads']} torch thread(s), {st['repeats']} round(s) of "
+             f"{st['steps']} steps ({st['warmup']} dropped)", "",
+             "| mode | loop tokens/s | raw tokens/s | Trainer tokens/s | loop / raw | loop / Trainer | Trainer / raw |",
+             "|---|---|---|---|---|---|---|"]
+    for mode in tps:
+        med = {v: statistics.median(tps[mode][v]) for v in VARIANTS}
+        r = rs[mode]
+        lines.append(f"| {mode} | {med['loop']:.0f} | {med['raw']:.0f} | {med['trainer']:.0f} | {r['loop/raw']:.3f} | "
+                     f"{r['loop/trainer']:.3f} | {r['trainer/raw']:.3f} |")
+    if "compiled/eager" in rs:
+        what = rs["compiled/eager"]
+        lines += ["", f"compiled / eager: loop {what['loop']:.3f}, raw {what['raw']:.3f}, Trainer "
+                      f"{what['trainer']:.3f}; compiled loop / eager raw loop {rs['compiled loop/eager raw']:.3f}"]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -178,6 +210,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="steps per run (default 14; 8 with --quick)")
     ap.add_argument("--warmup", type=int, default=None, help="steps dropped per run (default 4; 3 with --quick)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared 2-core machine)")
+    ap.add_argument("--accum", type=int, default=1, help="micro-batches per step (default 1)")
     ap.add_argument("--json", help="write the measurements here")
     args = ap.parse_args(argv)
     import torch
@@ -190,6 +223,11 @@ def main(argv=None) -> int:
     steps = args.steps or (8 if args.quick else 14)
     warmup = args.warmup if args.warmup is not None else (3 if args.quick else 4)
     base = QUICK if args.quick else (FULL if args.model == "6x384" else TINY)
+    batch = int(next(o for o in base if o.startswith("train.global_batch_size=")).split("=")[1])
+    if args.accum < 1 or batch % args.accum:
+        raise SystemExit(f"--accum: a divisor of the batch ({batch}); got {args.accum}")
+    base = [o for o in base if not o.startswith("train.micro_batch_size=")] + [
+        f"train.micro_batch_size={batch // args.accum}"]
     tps = {m: {v: [] for v in VARIANTS} for m in modes}
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
@@ -208,29 +246,20 @@ def main(argv=None) -> int:
         return statistics.median(x / y for x, y in zip(tps[ma][a], tps[mb][b]))
 
     m = cfg.model
-    print(f"\n### Throughput: GPT {m.n_layer} x {m.d_model}, batch {cfg.train.global_batch_size} x "
-          f"{cfg.train.seq_len} tokens, AdamW + clip 1.0, {args.threads} torch thread(s), {repeats} round(s) of "
-          f"{steps} steps ({warmup} dropped)\n")
-    print("| mode | loop tokens/s | raw tokens/s | Trainer tokens/s | loop / raw | loop / Trainer | Trainer / raw |")
-    print("|---|---|---|---|---|---|---|")
     out = {"settings": {"model": f"{m.n_layer}x{m.d_model}", "batch": cfg.train.global_batch_size,
-                        "seq_len": cfg.train.seq_len, "threads": args.threads, "repeats": repeats, "steps": steps,
-                        "warmup": warmup, "quick": args.quick},
+                        "micro_batch": cfg.train.micro_batch_size, "seq_len": cfg.train.seq_len,
+                        "threads": args.threads, "repeats": repeats, "steps": steps, "warmup": warmup,
+                        "quick": args.quick},
            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
            "tokens_per_s": tps, "ratios": {}}
     for mode in modes:
-        med = {v: statistics.median(tps[mode][v]) for v in VARIANTS}
-        rs = {"loop/raw": ratio("loop", "raw", mode, mode), "loop/trainer": ratio("loop", "trainer", mode, mode),
-              "trainer/raw": ratio("trainer", "raw", mode, mode)}
-        out["ratios"][mode] = rs
-        print(f"| {mode} | {med['loop']:.0f} | {med['raw']:.0f} | {med['trainer']:.0f} | {rs['loop/raw']:.3f} | "
-              f"{rs['loop/trainer']:.3f} | {rs['trainer/raw']:.3f} |")
+        out["ratios"][mode] = {"loop/raw": ratio("loop", "raw", mode, mode),
+                               "loop/trainer": ratio("loop", "trainer", mode, mode),
+                               "trainer/raw": ratio("trainer", "raw", mode, mode)}
     if {"eager", "compiled"} <= set(modes):
-        what = {v: ratio(v, v, "compiled", "eager") for v in VARIANTS}
-        out["ratios"]["compiled/eager"] = what
+        out["ratios"]["compiled/eager"] = {v: ratio(v, v, "compiled", "eager") for v in VARIANTS}
         out["ratios"]["compiled loop/eager raw"] = ratio("loop", "raw", "compiled", "eager")
-        print(f"\ncompiled / eager: loop {what['loop']:.3f}, raw {what['raw']:.3f}, Trainer {what['trainer']:.3f}; "
-              f"compiled loop / eager raw loop {out['ratios']['compiled loop/eager raw']:.3f}")
+    print(render(out))
     out["runtime_s"] = time.time() - t0
     if args.json:
         with open(args.json, "w") as f:
