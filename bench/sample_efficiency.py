@@ -25,7 +25,7 @@ so an interrupted benchmark resumes where it stopped (reuse only runs of the sam
 the commit the benchmark ran at; a new --out for a new version); the run directories are what
 `python -m pretrain.tools.compare <out>/runs/*` reads.
 
-    python bench/sample_efficiency.py                     # 9 candidates, ~50 runs of ~35 s alone (~30 min here)
+    python bench/sample_efficiency.py                     # 9 candidates, ~55 runs of 10-50 s (~13 min here)
     python bench/sample_efficiency.py --quick --out /tmp/se   # 3 candidates, 1 lr, 1 seed, 30 steps (a test)
 """
 from __future__ import annotations
