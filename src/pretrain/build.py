@@ -147,8 +147,9 @@ def padded(n: int, multiple: int = 64) -> int:
 
 def should_compile(cfg: RunConfig, optimizer, is_deepspeed: bool, device_type: str = "cpu") -> bool:
     """always: compile; auto: on CPU, where bench/optim_step.py measured the compiled step faster (the spec's
-    compile == "pays") and the run is long enough to repay the compile time; never under DeepSpeed (its engine
-    calls the step) or for an optimizer that needs a closure.
+    compile == "pays") and the run is long enough to repay the compile time, but not a fused torch step (one
+    kernel already; compiled it ran 1.6x slower on CPU); never under DeepSpeed (its engine calls the step) or for
+    an optimizer that needs a closure.
 
     auto never compiles on a GPU: "pays" is a CPU measurement, and on an H100 with torch 2.11 a compiled step of
     the optimizers written here failed (bench/README.md, "On a GPU"); `always` still compiles there."""
@@ -159,7 +160,9 @@ def should_compile(cfg: RunConfig, optimizer, is_deepspeed: bool, device_type: s
         return False
     if mode == "always":
         return True
-    return device_type == "cpu" and get_spec(cfg.optim["name"]).compile == "pays" and cfg.train.steps >= 500
+    fused = any(g.get("fused") for g in optimizer.param_groups)  # one kernel already; compiling it is slower
+    return (device_type == "cpu" and get_spec(cfg.optim["name"]).compile == "pays" and not fused
+            and cfg.train.steps >= 500)
 
 
 def check_plan(cfg: RunConfig, accelerator, log) -> None:
