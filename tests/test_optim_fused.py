@@ -106,3 +106,13 @@ def test_a_checkpoint_from_before_the_fused_key_resumes_without_overrides():
     with pytest.raises(ConfigError) as e:
         resume_rules.check(ran_fused, new, branch=False, overrides=False, source="ck")
     assert "optim.fused True -> False" in str(e.value)
+
+
+def test_a_hyperparameter_named_on_one_side_at_its_default_is_no_change():
+    from pretrain import resume_rules
+
+    new = load_config(SMALL + ["optim=adamw"]).to_dict()
+    bare = {**new, "optim": {"name": "adamw", "lr": new["optim"]["lr"]}}  # betas, eps, ... at their defaults
+    assert resume_rules.changes(bare, new) == {} and resume_rules.changes(new, bare) == {}
+    other = {**new, "optim": {**new["optim"], "betas": [0.9, 0.95]}}
+    assert resume_rules.changes(bare, other) == {"optim.betas": ([0.9, 0.999], [0.9, 0.95])}

@@ -79,7 +79,7 @@ def registered():
         OPTIMIZERS.pop(n)
 
 
-ADAMW_ONLY = ["~optim.betas", "~optim.eps"]  # the recipe's optim block is adamw's: drop keys the test ones lack
+ADAMW_ONLY = ["~optim.betas", "~optim.eps", "~optim.fused"]  # the recipe's optim block is adamw's: drop keys the test ones lack
 
 
 # ------------------------------------------------------------------------------------------------------------

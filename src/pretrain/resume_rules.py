@@ -49,21 +49,23 @@ def _is(key: str, patterns) -> bool:
 
 
 def with_optimizer_defaults(config: dict) -> dict:
-    """The config with the optimizer hyperparameters it does not name set to the registry's defaults: a checkpoint
-    written before a hyperparameter existed (optim.fused) ran at its default, which is no change."""
+    """The config with the optimizer hyperparameters it does not name set to the registry's defaults (what the run
+    trains with): a checkpoint written before a hyperparameter existed (optim.fused) ran at its default, and a
+    recipe that leaves one out runs at it, which is no change."""
     from .optim import OPTIMIZERS
 
     optim = config.get("optim")
     spec = OPTIMIZERS.get(optim.get("name")) if isinstance(optim, dict) else None
     if spec is None:
         return config
-    return {**config, "optim": {**{k: v for k, v in spec.defaults.items() if k not in optim}, **optim}}
+    missing = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.defaults.items() if k not in optim}
+    return {**config, "optim": {**missing, **optim}}  # tuples as lists: a config's sequences are lists
 
 
 def changes(old: dict, new: dict) -> dict[str, tuple]:
     """{key: (checkpoint's value, new value)} for every flattened key that differs (missing = None; an optimizer
-    hyperparameter the checkpoint's config does not name is its default)."""
-    a, b = flatten(with_optimizer_defaults(old)), flatten(new)
+    hyperparameter a config does not name is its default)."""
+    a, b = flatten(with_optimizer_defaults(old)), flatten(with_optimizer_defaults(new))
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 

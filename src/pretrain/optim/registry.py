@@ -153,7 +153,7 @@ def validate_hparams(name: str, hparams: dict[str, Any]) -> dict[str, Any]:
         elif key == "momentum" and value is not None:
             check_number(f, value, lo=0.0, hi=1.0, hi_open=True)
         elif isinstance(allowed[key], bool) and not isinstance(value, bool):
-            raise ConfigError(f, "must be true or false", [True, False], got=value)
+            raise ConfigError(f, "must be true or false", ["true", "false"], got=value)
     return merged
 
 
