@@ -148,8 +148,8 @@ def padded(n: int, multiple: int = 64) -> int:
 def should_compile(cfg: RunConfig, optimizer, is_deepspeed: bool, device_type: str = "cpu") -> bool:
     """always: compile; auto: on CPU, where bench/optim_step.py measured the compiled step faster (the spec's
     compile == "pays") and the run is long enough to repay the compile time, but not a fused torch step (one
-    kernel already; compiled it ran 1.6x slower on CPU); never under DeepSpeed (its engine calls the step) or for
-    an optimizer that needs a closure.
+    kernel already, faster than the compiled foreach step: bench/optim_step.py); never under DeepSpeed (its engine
+    calls the step) or for an optimizer that needs a closure.
 
     auto never compiles on a GPU: "pays" is a CPU measurement, and on an H100 with torch 2.11 a compiled step of
     the optimizers written here failed (bench/README.md, "On a GPU"); `always` still compiles there."""
