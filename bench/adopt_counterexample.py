@@ -34,6 +34,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sample_efficiency import provenance  # noqa: E402
 
 BETA2 = [0.1, 0.5, 0.9, 0.99, 0.999]
 OPTIMIZERS = ["adam", "amsgrad", "adopt", "adopt_noclip"]
@@ -116,8 +118,6 @@ def main(argv=None) -> dict:
     steps = a.steps or (3000 if a.quick else 50_000)
     runs = a.runs or (32 if a.quick else 256)
     torch.set_num_threads(1)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from sample_efficiency import provenance
     meta = provenance()
     results = {p: {o: {str(b): v for b, v in run(p, o, steps, runs, a.alpha, a.seed).items()} for o in OPTIMIZERS}
                for p in PROBLEMS}

@@ -96,10 +96,10 @@ def main(argv=None) -> dict:
     wsd = ["schedule=wsd", "schedule.decay_shape=1-sqrt", "schedule.min_lr_ratio=0.0"]
     meta = provenance()  # the commit and machine the runs start at
     res: dict = {n: {"branch": [], "full": [], "cosine": [], "bitwise": []} for n in lengths}
+    runs = os.path.join(a.out, "runs")
+    every = reduce(gcd, points)  # a checkpoint at every branch point: save_every = their greatest common divisor
     for seed in seeds:
-        runs = os.path.join(a.out, "runs")
         stable = os.path.join(runs, f"stable_s{seed}")
-        every = reduce(gcd, points)  # a checkpoint at every branch point: save_every = their greatest common divisor
         train_run(base + [f"seed={seed}", "schedule=constant", f"train.save_every={every}"], stable, longest)
         for n in lengths:
             decay = n - branch_step(n)

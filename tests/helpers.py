@@ -68,6 +68,16 @@ def rows(run_dir: str, kind: str = "train") -> list[dict]:
     return [r for r in read_metrics(run_dir) if r.get("kind", "train") == kind]
 
 
+def load_bench(name: str):
+    """The module of bench/<name>.py (bench/ is not a package; each script puts its own directory on sys.path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "bench", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def dump(p: subprocess.CompletedProcess) -> str:
     return f"rc={p.returncode}\n--- stdout\n{p.stdout[-4000:]}\n--- stderr\n{p.stderr[-6000:]}"
 

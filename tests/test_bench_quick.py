@@ -1,6 +1,5 @@
 """Every accuracy benchmark's --quick mode runs end to end, and what it prints and writes is recomputed here from
 the run directories it leaves (metrics.jsonl), not taken from the benchmark's own bookkeeping."""
-import importlib.util
 import json
 import math
 import re
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import CACHE, dump, env
+from helpers import CACHE, dump, env, load_bench
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -135,9 +134,7 @@ def adopt_reference(grads, b1, b2, lrs, clip, eps=1e-6):
 def test_adopt_counterexample_harness_against_plain_loops(beta1):
     """The benchmark's online problem through the registry's optimizers = plain-Python Adam / ADOPT on the same
     gradients (Reddi et al.'s f_t), per beta2, as the mean of x over the last 10% of steps."""
-    spec = importlib.util.spec_from_file_location("adopt_counterexample", BENCH / "adopt_counterexample.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_bench("adopt_counterexample")
     steps, alpha = 600, 0.1
     grads = [3.0 if t % 3 == 1 else -1.0 for t in range(1, steps + 1)]
     lrs = [alpha / math.sqrt(t) for t in range(1, steps + 1)]

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import load_bench
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "optim_step.py"
 
 
@@ -34,13 +36,9 @@ def test_optim_step_bench_prints_table(tmp_path):
 def test_traffic_floor_table_names_registered_optimizers():
     """MIN_BYTES (the `bound` column) is keyed by registered names; one-pass optimizers' floors are
     12 B (p read+written, g read) + each state tensor read and written."""
-    import importlib.util
-
     from pretrain.optim import OPTIMIZERS
 
-    spec = importlib.util.spec_from_file_location("optim_step", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_bench("optim_step")
     assert set(mod.MIN_BYTES) <= set(OPTIMIZERS)
     for name, n_state in {"adamw": 2, "adopt": 2, "lion": 1, "rdbd": 5}.items():
         assert mod.MIN_BYTES[name] == 12 + 8 * n_state
